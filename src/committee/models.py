@@ -47,6 +47,8 @@ class RunStatus(str, Enum):
 
 
 class TestCounts(BaseModel):
+    __test__ = False  # not a pytest test class, whatever its name says
+
     model_config = ConfigDict(frozen=True)
 
     total: int = 0

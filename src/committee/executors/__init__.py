@@ -78,3 +78,18 @@ class Executor(Protocol):
 
 
 JUNIT_ENV = "COMMITTEE_JUNIT"
+
+
+def create_executor(name: str, data_dir: Path, **options: object) -> Executor:
+    """Build an executor by name; each implementation is imported only when chosen."""
+    if name == "local":
+        from committee.executors.local import LocalExecutor
+
+        return LocalExecutor(data_dir, **options)  # type: ignore[arg-type]
+    if name == "kubernetes":
+        from committee.executors.kubernetes import KubernetesExecutor
+
+        return KubernetesExecutor(**options)  # type: ignore[arg-type]
+    from committee.errors import BadInput
+
+    raise BadInput(f"unknown executor {name!r}: choose 'local' or 'kubernetes'")

@@ -1,0 +1,313 @@
+"""The `committee` command. It only builds a request or a config and hands it to the engine,
+the server or the client; exit codes: 0 all passed, 1 something failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from committee import __version__
+from committee.config import build_request, default_data_dir, read_config
+from committee.engine import Engine
+from committee.errors import BadInput, CommitteeError
+from committee.executors import create_executor
+from committee.messages import json_schema
+from committee.render import TerminalReporter, exit_code, print_summary, summary_json
+from committee.store import Store
+
+EXIT_BAD_INPUT = 2
+DB_NAME = "committee.db"
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """Split `... -- COMMAND ...` off the arguments. One word after `--` is a shell string as
+    given (`-- "make test && coverage report"`); several are quoted and joined."""
+    if "--" not in argv:
+        return list(argv), None
+    at = list(argv).index("--")
+    words = list(argv[at + 1 :])
+    if not words:
+        return list(argv[:at]), None
+    return list(argv[:at]), words[0] if len(words) == 1 else shlex.join(words)
+
+
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("commits", nargs="*", metavar="COMMIT", help="SHAs, names, HEAD~N, A..B")
+    parser.add_argument("--repo", help="repository path or URL (default: current directory)")
+    parser.add_argument("--config", type=Path, help="config.json of the original design")
+    parser.add_argument("--timeout", type=float, help="seconds per commit before it is killed")
+    parser.add_argument("--no-cache", action="store_true", help="never reuse stored results")
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument("--project-type", help="template to use (python, fastapi, node, ...)")
+    parser.add_argument("--user-id")
+    parser.add_argument("--chat-id")
+    parser.add_argument("--network", action="store_true", help="let the command use the network")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment"
+    )
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=None, help="where committee keeps state")
+
+
+def request_from_args(args: argparse.Namespace, command: str | None) -> Any:
+    config = read_config(args.config) if args.config else {}
+    env = dict(config.get("env") or {})
+    for pair in args.env:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise BadInput(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    overrides = {
+        "repo_url": args.repo or (None if "repo_url" in config else "."),
+        "commits": args.commits or None,
+        "test_command": command,
+        "project_type": args.project_type,
+        "user_id": args.user_id,
+        "chat_id": args.chat_id,
+        "timeout_s": args.timeout,
+        "env": env or None,
+        "network": args.network or None,
+        "no_cache": args.no_cache or None,
+    }
+    if command is None and "test_command" not in config:
+        raise BadInput("no test command: give it after `--` (committee run -- pytest -q)")
+    return build_request(config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="committee",
+        description="Test Git commits one by one, each in its own sandbox.",
+        epilog="The test command goes after `--`: committee run HEAD~3..HEAD -- pytest -q",
+    )
+    parser.add_argument("--version", action="version", version=f"committee {__version__}")
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+
+    run = sub.add_parser("run", help="test commits here, each in a local sandbox")
+    _add_request_options(run)
+    _add_data_dir(run)
+    run.add_argument("--jobs", "-j", type=int, default=None, help="commits at once (default: CPUs)")
+    run.add_argument("--executor", default="local", choices=["local", "kubernetes"])
+    run.add_argument("--log-cap", type=int, default=None, help="bytes of log kept per commit")
+    run.set_defaults(func=lambda a: asyncio.run(cmd_run(a)))
+
+    runs = sub.add_parser("runs", help="list stored runs")
+    _add_data_dir(runs)
+    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(func=lambda a: asyncio.run(cmd_runs(a)))
+
+    show = sub.add_parser("show", help="show one run, or the full log of one of its commits")
+    _add_data_dir(show)
+    show.add_argument("run_id", metavar="RUN")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--log", metavar="COMMIT", help="print this commit's whole stored log")
+    show.set_defaults(func=lambda a: asyncio.run(cmd_show(a)))
+
+    doctor = sub.add_parser("doctor", help="which isolation is active here, and why")
+    _add_data_dir(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+    demo = sub.add_parser("demo", help="build a demo repository with a regression and test it")
+    _add_data_dir(demo)
+    demo.add_argument("--jobs", "-j", type=int, default=None)
+    demo.set_defaults(func=lambda a: asyncio.run(cmd_demo(a)))
+
+    schema = sub.add_parser("schema", help="print the protocol's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any], None]]:
+    """Subcommands that live with what they drive (server, Kubernetes)."""
+    registers: list[Callable[[Any], None]] = []
+    for module in ("committee.server_cli", "committee.k8s_cli"):
+        try:
+            imported = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        registers.append(imported.register)
+    return registers
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    path: Path = args.data_dir or default_data_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def open_store(args: argparse.Namespace) -> Store:
+    return await Store.open(data_dir_of(args) / DB_NAME)
+
+
+def _console(args: argparse.Namespace) -> Console:
+    # With --json, stdout carries exactly one JSON document; everything else goes to stderr.
+    return Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    request = request_from_args(args, args.command)
+    data_dir = data_dir_of(args)
+    executor = create_executor(args.executor, data_dir)
+    console = _console(args)
+    if warning := executor.describe().get("warning"):
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+    store = await Store.open(data_dir / DB_NAME)
+    try:
+        engine = Engine(store, executor, data_dir, max_concurrent=args.jobs)
+        if args.log_cap is not None:
+            engine.log_cap_bytes = args.log_cap
+        async with engine:
+            run_id = await engine.submit(request, cwd=Path.cwd())
+            try:
+                return await follow(engine.subscribe(run_id), console, as_json=args.json)
+            except asyncio.CancelledError:  # Ctrl-C: record the run as cancelled, kill its commits
+                await engine.cancel(run_id)
+                await engine.wait(run_id)
+                raise
+    finally:
+        await store.aclose()
+        await executor.aclose()
+
+
+async def follow(events: Any, console: Console, *, as_json: bool) -> int:
+    """Render a stream of run events to the end; print the summary; return the exit code."""
+    with TerminalReporter(console, quiet=as_json) as reporter:
+        async for event in events:
+            reporter.handle(event)
+    finished = reporter.view.finished
+    if finished is None:
+        raise CommitteeError("the run's event stream ended before run.finished")
+    if as_json:
+        print(summary_json(finished))
+    else:
+        print_summary(console, finished)
+    return exit_code(finished)
+
+
+async def cmd_runs(args: argparse.Namespace) -> int:
+    store = await open_store(args)
+    try:
+        runs = await store.list_runs(limit=args.limit)
+    finally:
+        await store.aclose()
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json", exclude={"results"}) for r in runs], indent=2))
+        return 0
+    console = Console(highlight=False)
+    for run in runs:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(run.counts.items()))
+        bad = f" first bad {run.first_bad_commit[:10]}" if run.first_bad_commit else ""
+        console.print(f"{run.run_id}  {run.status.value:<9} {run.repo_url}  [{counts}]{bad}")
+    if not runs:
+        console.print("no runs yet: try `committee demo`")
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    store = await open_store(args)
+    try:
+        summary = await store.run_summary(args.run_id)
+        if args.log:
+            matches = [r.commit for r in summary.results if r.commit.startswith(args.log)]
+            if len(matches) != 1:
+                raise BadInput(f"{args.log!r} names {len(matches)} commits of run {args.run_id}")
+            async for line in store.commit_log(args.run_id, matches[0]):
+                sys.stdout.write(line + "\n")
+            return 0
+    finally:
+        await store.aclose()
+    if args.json:
+        print(summary.model_dump_json(indent=2))
+        return 0
+    from committee.messages import RunFinished
+    from committee.render import summary_table
+
+    console = Console(highlight=False)
+    console.print(f"run {summary.run_id}: {summary.status.value} — {summary.repo_url}")
+    console.print(f"command: {summary.test_command}")
+    finished = RunFinished(
+        run_id=summary.run_id,
+        status=summary.status,
+        first_bad_commit=summary.first_bad_commit,
+        newly_failing=summary.newly_failing,
+        results=summary.results,
+    )
+    if summary.status.final:
+        print_summary(console, finished)
+    else:
+        console.print(summary_table(summary.results, summary.first_bad_commit))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from committee.executors.local import doctor_report
+
+    console = Console(highlight=False)
+    data_dir = data_dir_of(args)
+    executor = create_executor("local", data_dir)
+    for key, value in executor.describe().items():
+        console.print(f"{key:>10}: {value}")
+    all_ok = True
+    for check, ok, detail in doctor_report(data_dir):
+        all_ok &= ok
+        console.print(f"[{'green' if ok else 'yellow'}]{'ok ' if ok else 'no '}[/] {check}: {detail}")
+    return 0 if all_ok else 1
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from committee.demo import DEMO_COMMAND, DEMO_COMMITS, build_demo_repo
+
+    data_dir = data_dir_of(args)
+    repo = await asyncio.to_thread(build_demo_repo, data_dir / "demo-repo")
+    console = Console(highlight=False)
+    console.print(f"demo repository with a regression built at {repo}")
+    console.print(f"testing every commit with: {DEMO_COMMAND}\n")
+    args.repo, args.config, args.commits = str(repo), None, DEMO_COMMITS
+    args.timeout, args.no_cache, args.json, args.project_type = 300.0, True, False, "fastapi"
+    args.user_id = args.chat_id = None
+    args.network, args.env, args.executor, args.log_cap = False, [], "local", None
+    args.command = DEMO_COMMAND
+    code = await cmd_run(args)
+    return 0 if code == 1 else 1  # the demo is meant to find its regression
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words, command = split_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(words)
+    args.command = command
+    handler: Callable[[argparse.Namespace], int | Awaitable[int]] = args.func
+    try:
+        code = handler(args)
+    except CommitteeError as exc:
+        Console(stderr=True, highlight=False).print(f"[red]committee: error:[/] {exc.message}")
+        return EXIT_BAD_INPUT if isinstance(exc, BadInput) else 1
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""The engine: one place that turns a RunRequest into events, shared by the CLI and the server.
+
+It resolves commits before anything runs, records the run, schedules each commit on the
+executor under a global limit with round-robin fairness between users, applies the result
+cache and the log cap, and emits protocol events. Every event is persisted (with its per-run
+`seq`) before it is published, so a subscriber can replay from the store and then follow live
+with no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from committee import git
+from committee.errors import CommitteeError, NotFound
+from committee.executors import Executor, Job, Limits, Stream
+from committee.messages import (
+    AnyRunEvent,
+    CommitFinished,
+    CommitLog,
+    CommitQueued,
+    CommitStarted,
+    RunAccepted,
+    RunFinished,
+)
+from committee.models import (
+    CommitRef,
+    CommitResult,
+    CommitStatus,
+    RunRequest,
+)
+from committee.results import (
+    cache_key,
+    first_bad_commit,
+    interpret,
+    newly_failing,
+    run_status,
+)
+from committee.store import Store
+
+log = logging.getLogger("committee.engine")
+
+DEFAULT_TIMEOUT_S = 900.0
+DEFAULT_LOG_CAP_BYTES = 64 << 20
+SUBSCRIBER_QUEUE_EVENTS = 4096
+
+
+class SubscriberTooSlow(CommitteeError):
+    """A subscriber's buffer overflowed: it must resume with `after_seq`."""
+
+    code = "too_slow"
+
+
+@dataclass(eq=False)  # identity-hashed: kept in a set
+class _Subscriber:
+    queue: asyncio.Queue[AnyRunEvent] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE_EVENTS)
+    )
+    overflowed: bool = False
+
+    def offer(self, event: AnyRunEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # Never let a slow reader slow the run: drop it and let it resume from the store.
+            self.overflowed = True
+
+
+@dataclass
+class _LogBudget:
+    remaining: int
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
+
+    def take(self, lines: list[str]) -> list[str]:
+        kept: list[str] = []
+        for index, line in enumerate(lines):
+            size = len(line) + 1
+            if size > self.remaining:
+                rest = lines[index:]
+                self.dropped_lines += len(rest)
+                self.dropped_bytes += sum(len(x) + 1 for x in rest)
+                break
+            self.remaining -= size
+            kept.append(line)
+        return kept
+
+
+@dataclass
+class _Run:
+    run_id: str
+    request: RunRequest
+    commits: list[CommitRef]
+    mirror: Path
+    seq: int = 0
+    results: list[CommitResult | None] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
+    subscribers: set[_Subscriber] = field(default_factory=set)
+    tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cancelled: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    run: _Run
+    index: int
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        data_dir: Path,
+        *,
+        max_concurrent: int | None = None,
+        default_timeout_s: float = DEFAULT_TIMEOUT_S,
+        log_cap_bytes: int = DEFAULT_LOG_CAP_BYTES,
+        limits: Limits | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.data_dir = data_dir
+        self.max_concurrent = max_concurrent or os.cpu_count() or 1
+        self.default_timeout_s = default_timeout_s
+        self.log_cap_bytes = log_cap_bytes
+        self.limits = limits or Limits()
+        self._runs: dict[str, _Run] = {}
+        self._queues: dict[str, deque[_Pending]] = {}
+        self._turns: deque[str] = deque()  # users with pending work, in round-robin order
+        self._running = 0
+        self._wakeup = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Engine:
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="committee-dispatcher")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop dispatching and cancel running commits; unfinished work stays queued in the
+        store and `recover()` picks it up on the next start."""
+        tasks = [t for t in [self._dispatcher, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._dispatcher = None
+
+    # ------------------------------------------------------------------ public API
+
+    async def submit(self, request: RunRequest, *, cwd: Path | None = None) -> str:
+        """Resolve every commit (raising BadInput before anything runs), record the run and
+        queue its commits. Returns the run id."""
+        repo_url = git.normalize_repo_url(request.repo_url, cwd)
+        request = request.model_copy(update={"repo_url": repo_url})
+        mirror = await git.ensure_mirror(self.data_dir, repo_url, request.commits)
+        source = Path(repo_url) if Path(repo_url).is_dir() else None
+        commits = await git.resolve(mirror, request.commits, source=source)
+        run_id = secrets.token_hex(8)
+        await self.store.create_run(run_id, request, commits, self.executor.name)
+        run = self._track(run_id, request, commits, mirror)
+        await self._emit(
+            run,
+            RunAccepted(
+                run_id=run_id,
+                repo_url=repo_url,
+                test_command=request.test_command,
+                project_type=request.project_type,
+                user_id=request.user_id,
+                chat_id=request.chat_id,
+                commits=commits,
+            ),
+        )
+        for index, commit in enumerate(commits):
+            await self._emit(
+                run, CommitQueued(run_id=run_id, commit=commit.sha, ref=commit.ref, index=index)
+            )
+            self._enqueue(_Pending(run, index))
+        log.info("run accepted", extra={"run_id": run_id, "commits": len(commits)})
+        return run_id
+
+    async def recover(self) -> list[str]:
+        """Re-queue the unfinished commits of runs that were in flight when the process died."""
+        recovered = []
+        for row in await self.store.unfinished_runs():
+            mirror = git.mirror_path(self.data_dir, row.request.repo_url)
+            run = self._track(row.run_id, row.request, [c.ref for c in row.commits], mirror)
+            run.seq = row.last_seq
+            for commit in row.commits:
+                run.results[commit.index] = commit.result if commit.status.final else None
+                run.attempts[commit.index] = commit.attempts
+            pending = [c.index for c in row.commits if not c.status.final]
+            for index in pending:
+                await self._log(run, index, "committee restarted: testing this commit again")
+                self._enqueue(_Pending(run, index))
+            if not pending:
+                await self._finish(run)
+            recovered.append(row.run_id)
+        return recovered
+
+    async def subscribe(self, run_id: str, after_seq: int = 0) -> AsyncIterator[AnyRunEvent]:
+        """Events of `run_id` after `after_seq`: replayed from the store, then live, ending with
+        `run.finished`. Raises NotFound, or SubscriberTooSlow if the reader falls behind."""
+        run = self._runs.get(run_id)
+        if run is None:
+            await self.store.get_run(run_id)  # raises NotFound
+        subscriber = _Subscriber()
+        if run is not None:
+            run.subscribers.add(subscriber)
+        try:
+            last = after_seq
+            while True:
+                page = await self.store.events_after(run_id, last, limit=1000)
+                if not page:
+                    break
+                for event in page:
+                    yield event
+                    last = event.seq
+                    if isinstance(event, RunFinished):
+                        return
+            if run is None:
+                return
+            while True:
+                if subscriber.overflowed and subscriber.queue.empty():
+                    raise SubscriberTooSlow(f"subscriber fell behind at seq {last}")
+                event = await subscriber.queue.get()
+                if event.seq <= last:
+                    continue
+                yield event
+                last = event.seq
+                if isinstance(event, RunFinished):
+                    return
+        finally:
+            if run is not None:
+                run.subscribers.discard(subscriber)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Drop a run's queued commits and kill its running ones. False if already finished."""
+        run = self._runs.get(run_id)
+        if run is None:
+            await self.store.get_run(run_id)  # raises NotFound
+            return False
+        run.cancelled = True
+        for queue in self._queues.values():
+            for pending in [p for p in queue if p.run is run]:
+                queue.remove(pending)
+                await self._record(run, pending.index, self._cancelled(run, pending.index))
+        for task in list(run.tasks.values()):
+            task.cancel()
+        return True
+
+    async def wait(self, run_id: str) -> None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            await run.done.wait()
+
+    def is_live(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _track(
+        self, run_id: str, request: RunRequest, commits: list[CommitRef], mirror: Path
+    ) -> _Run:
+        run = _Run(run_id, request, commits, mirror)
+        run.results = [None] * len(commits)
+        run.attempts = [0] * len(commits)
+        self._runs[run_id] = run
+        return run
+
+    def _enqueue(self, pending: _Pending) -> None:
+        user = pending.run.request.user_id
+        queue = self._queues.setdefault(user, deque())
+        if not queue and user not in self._turns:
+            self._turns.appendleft(user)  # a newly waiting user goes next, ahead of long queues
+        queue.append(pending)
+        self._wakeup.set()
+
+    def _next_pending(self) -> _Pending | None:
+        # Round-robin: one commit per user per turn, so a 500-commit run cannot starve others.
+        for _ in range(len(self._turns)):
+            user = self._turns.popleft()
+            queue = self._queues.get(user)
+            if queue:
+                pending = queue.popleft()
+                if queue:
+                    self._turns.append(user)
+                return pending
+        return None
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._running < self.max_concurrent:
+                pending = self._next_pending()
+                if pending is None:
+                    break
+                self._running += 1
+                task = asyncio.create_task(self._guarded(pending))
+                pending.run.tasks[pending.index] = task
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, pending: _Pending) -> None:
+        run, index = pending.run, pending.index
+        try:
+            result = await self._test_commit(run, index)
+        except asyncio.CancelledError:
+            if not run.cancelled:
+                raise  # the engine is shutting down: the commit stays queued in the store
+            result = self._cancelled(run, index)
+        except CommitteeError as exc:
+            result = self._errored(run, index, exc.message)
+        except Exception as exc:  # a bug must cost one commit, not the server
+            log.exception("commit %s of run %s crashed", index, run.run_id)
+            result = self._errored(run, index, f"internal error: {exc!r}")
+        finally:
+            run.tasks.pop(index, None)
+            self._running -= 1
+            self._wakeup.set()
+        await self._record(run, index, result)
+
+    # ------------------------------------------------------------------ one commit
+
+    async def _test_commit(self, run: _Run, index: int) -> CommitResult:
+        commit = run.commits[index]
+        request = run.request
+        run.attempts[index] += 1
+        await self.store.set_commit_status(run.run_id, index, CommitStatus.running)
+        await self._emit(
+            run,
+            CommitStarted(
+                run_id=run.run_id,
+                commit=commit.sha,
+                ref=commit.ref,
+                index=index,
+                attempt=run.attempts[index],
+            ),
+        )
+        key = cache_key(
+            commit.tree,
+            request.test_command,
+            request.project_type,
+            request.env,
+            self.executor.name,
+            request.network,
+        )
+        if not request.no_cache and (cached := await self.store.cache_get(key)):
+            await self._log(run, index, "result reused from an earlier run of the same tree")
+            return cached.model_copy(update={"commit": commit.sha, "ref": commit.ref})
+        job = self._job(run, index)
+        budget = _LogBudget(self.log_cap_bytes)
+
+        async def emit(stream: Stream, lines: list[str]) -> None:
+            kept = budget.take(lines)
+            if kept:
+                await self._emit(
+                    run, CommitLog(run_id=run.run_id, commit=commit.sha, stream=stream, lines=kept)
+                )
+
+        started = time.monotonic()
+        outcome = await self.executor.run(job, emit)
+        result = interpret(commit, outcome, time.monotonic() - started)
+        if budget.dropped_lines:
+            await self._log(
+                run,
+                index,
+                f"log truncated: {budget.dropped_lines} lines ({budget.dropped_bytes} bytes) "
+                f"beyond the {self.log_cap_bytes} byte cap were not kept",
+            )
+        if result.status.cacheable:
+            await self.store.cache_put(key, result, run.run_id)
+        await self.executor.release(job, result.status is CommitStatus.passed)
+        return result
+
+    def _job(self, run: _Run, index: int) -> Job:
+        request = run.request
+        return Job(
+            job_id=f"{run.run_id}-{index}-{run.attempts[index]}",
+            run_id=run.run_id,
+            repo_url=request.repo_url,
+            mirror=run.mirror,
+            commit=run.commits[index].sha,
+            command=request.test_command,
+            project_type=request.project_type,
+            user_id=request.user_id,
+            chat_id=request.chat_id,
+            timeout_s=request.timeout_s or self.default_timeout_s,
+            env=request.env,
+            network=request.network,
+            limits=self.limits,
+        )
+
+    def _cancelled(self, run: _Run, index: int) -> CommitResult:
+        return self._final(run, index, CommitStatus.cancelled, "the run was cancelled")
+
+    def _errored(self, run: _Run, index: int, reason: str) -> CommitResult:
+        return self._final(run, index, CommitStatus.error, reason)
+
+    @staticmethod
+    def _final(run: _Run, index: int, status: CommitStatus, reason: str) -> CommitResult:
+        commit = run.commits[index]
+        return CommitResult(
+            commit=commit.sha, ref=commit.ref, subject=commit.subject, status=status, reason=reason
+        )
+
+    # ------------------------------------------------------------------ events
+
+    async def _record(self, run: _Run, index: int, result: CommitResult) -> None:
+        run.results[index] = result
+        await self.store.set_commit_result(run.run_id, index, result)
+        await self._emit(
+            run, CommitFinished(run_id=run.run_id, index=index, **result.model_dump())
+        )
+        if all(r is not None for r in run.results):
+            await self._finish(run)
+
+    async def _finish(self, run: _Run) -> None:
+        results = [r for r in run.results if r is not None]
+        bad = first_bad_commit(results)
+        status = run_status(results, run.cancelled)
+        failing = newly_failing(results, bad)
+        first_bad = bad.commit if bad else None
+        await self.store.set_run_status(run.run_id, status, first_bad, failing)
+        await self._emit(
+            run,
+            RunFinished(
+                run_id=run.run_id,
+                status=status,
+                first_bad_commit=first_bad,
+                newly_failing=failing,
+                results=results,
+            ),
+        )
+        self._runs.pop(run.run_id, None)
+        run.done.set()
+        log.info("run finished", extra={"run_id": run.run_id, "status": status.value})
+
+    async def _log(self, run: _Run, index: int, text: str) -> None:
+        commit = run.commits[index].sha
+        event = CommitLog(
+            run_id=run.run_id, commit=commit, stream="system", lines=[f"[committee] {text}"]
+        )
+        await self._emit(run, event)
+
+    async def _emit(self, run: _Run, event: AnyRunEvent) -> None:
+        async with run.lock:
+            run.seq += 1
+            event.seq = run.seq
+            await self.store.append_events([event])
+            for subscriber in run.subscribers:
+                subscriber.offer(event)
+
+
+async def collect(engine: Engine, run_id: str) -> RunFinished:
+    """Follow a run to its end and return the closing event."""
+    async for event in engine.subscribe(run_id):
+        if isinstance(event, RunFinished):
+            return event
+    raise NotFound(f"run {run_id} ended without a run.finished event")
