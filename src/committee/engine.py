@@ -171,8 +171,7 @@ class Engine:
         repo_url = git.normalize_repo_url(request.repo_url, cwd)
         request = request.model_copy(update={"repo_url": repo_url})
         mirror = await git.ensure_mirror(self.data_dir, repo_url, request.commits)
-        source = Path(repo_url) if Path(repo_url).is_dir() else None
-        commits = await git.resolve(mirror, request.commits, source=source)
+        commits = await git.resolve(mirror, request.commits, source=git.local_source(repo_url))
         run_id = secrets.token_hex(8)
         await self.store.create_run(run_id, request, commits, self.executor.name)
         run = self._track(run_id, request, commits, mirror)
