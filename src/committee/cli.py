@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,10 @@ async def open_store(args: argparse.Namespace) -> Store:
 
 def _console(args: argparse.Namespace) -> Console:
     # With --json, stdout carries exactly one JSON document; everything else goes to stderr.
-    return Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+    console = Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 110  # logs and pipes are not 80 columns wide; keep the table whole
+    return console
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -209,7 +213,7 @@ async def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.model_dump(mode="json", exclude={"results"}) for r in runs], indent=2))
         return 0
-    console = Console(highlight=False)
+    console = _console(args)
     for run in runs:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(run.counts.items()))
         bad = f" first bad {run.first_bad_commit[:10]}" if run.first_bad_commit else ""
@@ -238,7 +242,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     from committee.messages import RunFinished
     from committee.render import summary_table
 
-    console = Console(highlight=False)
+    console = _console(args)
     console.print(f"run {summary.run_id}: {summary.status.value} — {summary.repo_url}")
     console.print(f"command: {summary.test_command}")
     finished = RunFinished(
@@ -263,7 +267,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from committee.executors.local import doctor_report
 
-    console = Console(highlight=False)
+    console = _console(args)
     data_dir = data_dir_of(args)
     executor = create_executor("local", data_dir)
     for key, value in executor.describe().items():
@@ -271,7 +275,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     all_ok = True
     for check, ok, detail in doctor_report(data_dir):
         all_ok &= ok
-        console.print(f"[{'green' if ok else 'yellow'}]{'ok ' if ok else 'no '}[/] {check}: {detail}")
+        console.print(
+            f"[{'green' if ok else 'yellow'}]{'ok ' if ok else 'no '}[/] {check}: {detail}"
+        )
     return 0 if all_ok else 1
 
 
@@ -280,7 +286,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
     data_dir = data_dir_of(args)
     repo = await asyncio.to_thread(build_demo_repo, data_dir / "demo-repo")
-    console = Console(highlight=False)
+    console = _console(args)
     console.print(f"demo repository with a regression built at {repo}")
     console.print(f"testing every commit with: {DEMO_COMMAND}\n")
     args.repo, args.config, args.commits = str(repo), None, DEMO_COMMITS
@@ -297,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(words)
     args.command = command
-    handler: Callable[[argparse.Namespace], int | Awaitable[int]] = args.func
+    handler: Callable[[argparse.Namespace], int] = args.func
     try:
         code = handler(args)
     except CommitteeError as exc:
@@ -306,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         return 130
-    return int(code or 0)
+    return code
 
 
 if __name__ == "__main__":

@@ -426,9 +426,7 @@ class Engine:
     async def _record(self, run: _Run, index: int, result: CommitResult) -> None:
         run.results[index] = result
         await self.store.set_commit_result(run.run_id, index, result)
-        await self._emit(
-            run, CommitFinished(run_id=run.run_id, index=index, **result.model_dump())
-        )
+        await self._emit(run, CommitFinished(run_id=run.run_id, index=index, **result.model_dump()))
         if all(r is not None for r in run.results):
             await self._finish(run)
 

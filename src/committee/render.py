@@ -74,7 +74,10 @@ class RunView:
         elif isinstance(event, CommitLog) and (view := self.commits.get(event.commit)):
             view.tail.extend(event.lines)
         elif isinstance(event, CommitFinished) and (view := self.commits.get(event.commit)):
-            view.status, view.result = event.status, CommitResult.model_validate(event, from_attributes=True)
+            view.status, view.result = (
+                event.status,
+                CommitResult.model_validate(event, from_attributes=True),
+            )
         elif isinstance(event, RunFinished):
             self.finished = event
 
@@ -109,10 +112,14 @@ def live_table(view: RunView) -> RenderableType:
 
 def summary_table(results: list[CommitResult], first_bad: str | None) -> Table:
     table = Table(title="committee summary", title_justify="left")
-    for column in ("commit", "ref", "subject", "status", "passed/failed", "duration"):
-        table.add_column(column)
+    table.add_column("commit", no_wrap=True, min_width=10)
+    table.add_column("ref", no_wrap=True, min_width=6, max_width=14, overflow="ellipsis")
+    table.add_column("subject", no_wrap=True, overflow="ellipsis", max_width=36)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("pass/fail", no_wrap=True, justify="right", min_width=9)
+    table.add_column("time", no_wrap=True, justify="right", min_width=6)
     for result in results:
-        marker = " ← first bad" if result.commit == first_bad else ""
+        marker = " ← first bad" if result.commit == first_bad else ""  # not by colour alone
         table.add_row(
             result.commit[:10],
             result.ref,
@@ -139,7 +146,9 @@ def print_summary(console: Console, finished: RunFinished) -> None:
         if (failure := failures.get(name)) and failure.message:
             console.print(f"    {escape(failure.message.splitlines()[0][:300])}")
     if not bad.failures:
-        console.print(f"  exit code {bad.exit_code}; see `committee show {finished.run_id} --log {bad.commit[:10]}`")
+        console.print(
+            f"  exit code {bad.exit_code}; see `committee show {finished.run_id} --log {bad.commit[:10]}`"
+        )
 
 
 def summary_json(finished: RunFinished) -> str:
@@ -184,7 +193,9 @@ class TerminalReporter:
         if self._live is not None:
             self._live.update(live_table(self.view))
         elif isinstance(event, RunAccepted):
-            self.console.print(f"run {event.run_id}: {len(event.commits)} commit(s) of {event.repo_url}")
+            self.console.print(
+                f"run {event.run_id}: {len(event.commits)} commit(s) of {event.repo_url}"
+            )
         elif isinstance(event, CommitFinished):
             self.console.print(
                 _status_text(event.status),
