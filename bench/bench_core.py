@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from repos import git, numbered_repo  # noqa: E402
-
-from committee.engine import Engine, collect  # noqa: E402
-from committee.executors import create_executor  # noqa: E402
-from committee.models import RunRequest  # noqa: E402
-from committee.store import Store  # noqa: E402
+from committee.engine import Engine, collect
+from committee.executors import create_executor
+from committee.models import RunRequest
+from committee.store import Store
+from repos import git, numbered_repo
 
 CPU_COMMAND = "python3 -c 'sum(i * i for i in range(4_000_000))'"
 
@@ -50,9 +49,7 @@ async def committee_run(
 ) -> float:
     executor = create_executor("local", data_dir)
     store = await Store.open(data_dir / "committee.db")
-    request = RunRequest(
-        repo_url=str(repo), commits=shas, test_command=command, no_cache=no_cache
-    )
+    request = RunRequest(repo_url=str(repo), commits=shas, test_command=command, no_cache=no_cache)
     try:
         async with Engine(store, executor, data_dir, max_concurrent=jobs) as engine:
             started = time.perf_counter()
@@ -113,7 +110,8 @@ async def measure(commits: int) -> dict[str, float | int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", type=int, default=20)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "core.json")
+    default_json = Path(__file__).parent / "results" / "core.json"
+    parser.add_argument("--json", type=Path, default=default_json)
     args = parser.parse_args()
     figures = asyncio.run(measure(args.commits))
     for key, value in figures.items():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from repos import git, make_repo
 
 COMMITTEE = [sys.executable, "-m", "committee.cli"]

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from repos import numbered_repo
 
 from committee import engine as engine_module
 from committee.engine import Engine, SubscriberTooSlow, collect
@@ -20,6 +19,7 @@ from committee.executors.fake import FakeExecutor, FakeStep
 from committee.messages import AnyRunEvent, CommitFinished, CommitLog, RunFinished
 from committee.models import CommitStatus, RunRequest, RunStatus
 from committee.store import Store
+from repos import numbered_repo
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The one exception tree of committee.
 
     CommitteeError
-    ├── BadInput                 the request is wrong; fix it and retry (CLI exit 2, protocol code "bad_request")
+    ├── BadInput                 the request is wrong: fix it and retry (CLI exit 2)
     │   ├── UnknownCommit        a commit name that the repository does not have
     │   ├── BadRepository        not a git repository, or not reachable
     │   ├── UnknownProjectType   no template for the project type

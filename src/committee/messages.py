@@ -50,9 +50,7 @@ class Ping(BaseModel):
 
 
 ClientMessage = Annotated[Submit | Subscribe | Cancel | Ping, Field(discriminator="type")]
-client_message_adapter: TypeAdapter[Submit | Subscribe | Cancel | Ping] = TypeAdapter(
-    ClientMessage
-)
+client_message_adapter: TypeAdapter[Submit | Subscribe | Cancel | Ping] = TypeAdapter(ClientMessage)
 
 
 # ---------------------------------------------------------------- server → client

@@ -6,12 +6,12 @@ Pure data: no I/O here.
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class CommitStatus(str, Enum):
+class CommitStatus(StrEnum):
     """State of one commit in a run. The first two are transient; the rest are final."""
 
     queued = "queued"
@@ -33,7 +33,7 @@ class CommitStatus(str, Enum):
         return self in (CommitStatus.passed, CommitStatus.failed, CommitStatus.skipped)
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     queued = "queued"
     running = "running"
     passed = "passed"

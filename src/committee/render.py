@@ -146,9 +146,8 @@ def print_summary(console: Console, finished: RunFinished) -> None:
         if (failure := failures.get(name)) and failure.message:
             console.print(f"    {escape(failure.message.splitlines()[0][:300])}")
     if not bad.failures:
-        console.print(
-            f"  exit code {bad.exit_code}; see `committee show {finished.run_id} --log {bad.commit[:10]}`"
-        )
+        hint = f"committee show {finished.run_id} --log {bad.commit[:10]}"
+        console.print(f"  exit code {bad.exit_code}; see `{hint}`")
 
 
 def summary_json(finished: RunFinished) -> str:

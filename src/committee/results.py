@@ -69,9 +69,7 @@ def newly_failing(results: Sequence[CommitResult], bad: CommitResult | None) -> 
     if bad is None:
         return []
     index = next(i for i, r in enumerate(results) if r.commit == bad.commit)
-    before = next(
-        (r for r in reversed(results[:index]) if r.status is CommitStatus.passed), None
-    )
+    before = next((r for r in reversed(results[:index]) if r.status is CommitStatus.passed), None)
     already = {f.name for f in before.failures} if before else set()
     return [f.name for f in bad.failures if f.name not in already]
 
