@@ -78,6 +78,7 @@ async def measure(commits: int) -> dict[str, float | int]:
         repo = root / "repo"
         shas = numbered_repo(repo, commits)
         data_dir = root / "data"
+        data_dir.mkdir()
         # Warm the mirror so both sides start from a local clone.
         await committee_run(data_dir, repo, shas[:1], "true", 1, True)
         rss_before = rss_mib()
