@@ -25,6 +25,7 @@ from committee.executors.local import (
     cgroup_problem,
     doctor_report,
 )
+from committee.sandbox import SANDBOX_UID
 from repos import git, make_repo
 
 needs_bwrap = pytest.mark.skipif(bool(bwrap_problem()), reason=bwrap_problem() or "ok")
@@ -214,6 +215,21 @@ async def test_sandbox_hides_the_data_dir_and_homes(
     assert not [line for line in out.lines["stdout"] if "VISIBLE" in line or "HOST" in line]
     assert "WROTE-SRC" in out.lines["stdout"]
     assert out.lines["stdout"][-1] == sys.prefix  # the venv still works inside
+    assert outcome.exit_code == 0
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop applies when committee runs as root")
+async def test_command_never_runs_as_root(
+    make_executor: MakeExecutor, unmasked_dir: Path, repo: Repo
+) -> None:
+    secret = unmasked_dir / "root-only"
+    secret.write_text("server secret")
+    secret.chmod(0o600)
+    local = make_executor(data_dir=unmasked_dir / "data")
+    command = f"id -u; cat {secret} || echo DENIED; touch mine && stat -c %u mine"
+    outcome, out = await run(local, make_job(repo, command))
+    assert out.lines["stdout"] == [str(SANDBOX_UID), "DENIED", str(SANDBOX_UID)]
     assert outcome.exit_code == 0
 
 

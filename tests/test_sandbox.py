@@ -116,6 +116,23 @@ def test_bwrap_masks_secrets_then_binds_the_job_dirs_on_top(tmp_path: Path) -> N
     assert argv[argv.index("--setenv") : argv.index("--setenv") + 3] == ["--setenv", "PATH", "/x"]
 
 
+def test_bwrap_as_root_drops_to_an_unprivileged_uid(tmp_path: Path) -> None:
+    argv = bwrap_argv(
+        "bwrap", "make", job_dirs(tmp_path, "j"), {}, data_dir=tmp_path, network=False, run_as=65534
+    )
+    # No user namespace: inside one, the command would be real root again.
+    assert "--unshare-all" not in argv and "--unshare-user" not in argv
+    assert {"--unshare-pid", "--unshare-net", "--unshare-ipc"} <= set(argv)
+    setpriv = argv.index("/usr/bin/setpriv")
+    assert argv[setpriv + 1 : setpriv + 3] == ["--reuid=65534", "--regid=65534"]
+    assert {"--bounding-set=-all", "--no-new-privs"} <= set(argv[setpriv:])
+    assert argv[-3:] == ["/bin/sh", "-c", "make"]
+    shared = bwrap_argv(
+        "bwrap", "make", job_dirs(tmp_path, "j"), {}, data_dir=tmp_path, network=True, run_as=1
+    )
+    assert "--unshare-net" not in shared
+
+
 def test_bwrap_shares_the_network_only_when_asked(tmp_path: Path) -> None:
     argv = bwrap_argv("bwrap", "true", job_dirs(tmp_path, "j"), {}, data_dir=tmp_path, network=True)
     assert "--share-net" in argv

@@ -19,6 +19,13 @@ from committee.executors import JUNIT_ENV, Job
 JOB_MARKER_ENV = "COMMITTEE_JOB"  # lets a /proc sweep find the job's processes when all else fails
 HIDDEN_DIRS = (Path("/root"), Path("/home"))  # where secrets (ssh keys, tokens) live
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+SANDBOX_UID = 65534  # "nobody": what a command runs as when committee itself runs as root
+# Without a user namespace (which would map the command back to real root) but with everything
+# else new; the command then drops to SANDBOX_UID, with no capabilities and no way back.
+ROOT_NAMESPACES = ("--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts")
+ROOT_NAMESPACES_TRY = ("--unshare-cgroup-try",)
+SETPRIV = "/usr/bin/setpriv"
+SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 CGROUP_CONTROLLERS = ("memory", "pids")
 
 
@@ -72,6 +79,16 @@ def _under(path: Path, parents: Iterable[Path]) -> bool:
     return any(path == parent or parent in path.parents for parent in parents)
 
 
+def _traversable_parents(path: Path, masked: Iterable[Path]) -> list[str]:
+    """bwrap creates missing mount points 0700, which an unprivileged command cannot cross: make
+    the directories between a mask and a path bound back under it 0755 first."""
+    argv: list[str] = []
+    for parent in reversed(path.parents):
+        if any(mask in parent.parents for mask in masked):
+            argv += ["--perms", "0755", "--dir", str(parent)]
+    return argv
+
+
 def bwrap_argv(
     bwrap: str,
     command: str,
@@ -81,24 +98,39 @@ def bwrap_argv(
     data_dir: Path,
     network: bool,
     keep: Iterable[Path] = (),
+    run_as: int | None = None,
 ) -> list[str]:
     """Read-only host, with /tmp, the homes and the data dir masked by empty tmpfs; the `keep`
     directories (the interpreter) bound back read-only if masked; the job's own dirs writable.
-    Later mounts go on top of earlier ones, hence the order."""
+    Later mounts go on top of earlier ones, hence the order. With `run_as` (committee runs as
+    root), the command runs as that uid through setpriv, so root-only files stay closed to it."""
     masked = [Path("/tmp"), *HIDDEN_DIRS, data_dir.resolve()]
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for path in masked:
         argv += ["--tmpfs", str(path)]
     for path in keep:
         if _under(path, masked):
-            argv += ["--ro-bind", str(path), str(path)]
+            argv += [*_traversable_parents(path, masked), "--ro-bind", str(path), str(path)]
     for path in (dirs.src, dirs.out, dirs.home, dirs.tmp):
-        argv += ["--bind", str(path), str(path)]
-    argv += ["--chdir", str(dirs.src), "--unshare-all", *(["--share-net"] if network else [])]
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+        argv += [*_traversable_parents(path, masked), "--bind", str(path), str(path)]
+    argv += ["--chdir", str(dirs.src), "--die-with-parent", "--new-session", "--clearenv"]
+    if run_as is None:
+        argv += ["--unshare-all", *(["--share-net"] if network else []), "--cap-drop", "ALL"]
+    else:
+        namespaces = [n for n in ROOT_NAMESPACES if not (network and n == "--unshare-net")]
+        argv += [*namespaces, *ROOT_NAMESPACES_TRY, "--cap-drop", "ALL"]
+        for cap in SETPRIV_CAPS:  # only for setpriv, which drops them all before exec
+            argv += ["--cap-add", cap]
     for name, value in env.items():
         argv += ["--setenv", name, value]
-    return [*argv, "/bin/sh", "-c", command]
+    return [*argv, *drop_privileges(run_as), "/bin/sh", "-c", command]
+
+
+def drop_privileges(uid: int | None) -> list[str]:
+    if uid is None:
+        return []
+    ids = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return [SETPRIV, *ids, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
 
 
 # ---------------------------------------------------------------- cgroup v1

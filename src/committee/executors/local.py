@@ -33,6 +33,8 @@ from committee.sandbox import (
     JOB_MARKER_ENV,
     JUNIT_MAX_BYTES,
     JUNIT_SKIP_DIRS,
+    SANDBOX_UID,
+    SETPRIV,
     JobDirs,
     bwrap_argv,
     cgroup_parents,
@@ -405,6 +407,8 @@ class LocalExecutor:
         except OSError as exc:
             raise ExecutorError(f"cannot create the job's directories: {exc}") from exc
         await git.materialize(job.mirror, job.commit, dirs.src, self.checkout_mode)
+        if (uid := _sandbox_uid()) is not None and self._bwrap_active():
+            await asyncio.to_thread(_chown_tree, dirs.root, uid)
 
     def _argv(self, job: Job, dirs: JobDirs, env: dict[str, str], bwrap: bool) -> list[str]:
         if not bwrap:
@@ -417,6 +421,7 @@ class LocalExecutor:
             data_dir=self.data_dir,
             network=job.network,
             keep=interpreter_roots(),
+            run_as=_sandbox_uid(),
         )
 
     async def _spawn(
@@ -530,7 +535,21 @@ async def _gather_first_error(tasks: list[asyncio.Task[None]]) -> None:
         await next_done
 
 
+def _sandbox_uid() -> int | None:
+    """Commands never run as root: when committee does, they drop to SANDBOX_UID."""
+    return SANDBOX_UID if os.geteuid() == 0 and os.access(SETPRIV, os.X_OK) else None
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    for here, dirnames, filenames in os.walk(root):
+        os.lchown(here, uid, uid)
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(here, name), uid, uid)
+
+
 def _user(sandboxed: bool) -> str:
+    if sandboxed and (uid := _sandbox_uid()) is not None:
+        return f"uid {uid} (nobody), without capabilities"
     user = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     return f"{user}, without capabilities" if sandboxed else user
 
