@@ -271,7 +271,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
     executor = create_executor("local", data_dir)
     for key, value in executor.describe().items():
-        console.print(f"{key:>10}: {value}")
+        if value:
+            console.print(f"{key:>10}: {value}")
     all_ok = True
     for check, ok, detail in doctor_report(data_dir):
         all_ok &= ok
