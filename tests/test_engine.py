@@ -35,7 +35,7 @@ def repo(tmp_path: Path) -> tuple[Path, list[str]]:
     return path, numbered_repo(path, 6)
 
 
-def request(repo: Path, commits: list[str], **extra: object) -> RunRequest:
+def request(repo: Path | str, commits: list[str], **extra: object) -> RunRequest:
     return RunRequest.model_validate(
         {"repo_url": str(repo), "commits": commits, "test_command": "true", **extra}
     )
@@ -58,7 +58,7 @@ async def test_run_emits_contiguous_events_and_names_first_bad_commit(
 ) -> None:
     path, shas = repo
     executor = FakeExecutor(failing_from(shas, 3))
-    async with Engine(store, executor, tmp_path, max_concurrent=2) as engine:
+    async with Engine(store, executor, tmp_path / "data", max_concurrent=2) as engine:
         run_id = await engine.submit(request(path, ["HEAD~5..HEAD"]))
         events = await all_events(engine, run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -77,7 +77,7 @@ async def test_unknown_commit_runs_nothing(
 ) -> None:
     path, _ = repo
     executor = FakeExecutor()
-    async with Engine(store, executor, tmp_path) as engine:
+    async with Engine(store, executor, tmp_path / "data") as engine:
         with pytest.raises(UnknownCommit, match="no-such-branch"):
             await engine.submit(request(path, ["HEAD", "no-such-branch"]))
         with pytest.raises(BadInput):
@@ -91,7 +91,7 @@ async def test_fairness_single_commit_is_not_starved(
 ) -> None:
     path, shas = repo
     executor = FakeExecutor(lambda job: FakeStep(delay_s=0.1))
-    async with Engine(store, executor, tmp_path, max_concurrent=1) as engine:
+    async with Engine(store, executor, tmp_path / "data", max_concurrent=1) as engine:
         big = await engine.submit(request(path, shas, user_id="alice", no_cache=True))
         small = await engine.submit(request(path, ["HEAD"], user_id="bob", no_cache=True))
         started_before_bob_asked = len(executor.started)
@@ -108,7 +108,7 @@ async def test_cancel_kills_running_and_drops_queued(
 ) -> None:
     path, shas = repo
     executor = FakeExecutor(lambda job: FakeStep(delay_s=30))
-    async with Engine(store, executor, tmp_path, max_concurrent=2) as engine:
+    async with Engine(store, executor, tmp_path / "data", max_concurrent=2) as engine:
         run_id = await engine.submit(request(path, shas))
         for _ in range(100):
             if len(executor.started) == 2:
@@ -127,7 +127,7 @@ async def test_result_cache_hit_and_miss(
 ) -> None:
     path, shas = repo
     executor = FakeExecutor(failing_from(shas, 4))
-    async with Engine(store, executor, tmp_path) as engine:
+    async with Engine(store, executor, tmp_path / "data") as engine:
         first = await collect(engine, await engine.submit(request(path, shas)))
         second = await collect(engine, await engine.submit(request(path, shas)))
         assert len(executor.started) == len(shas)
@@ -146,7 +146,7 @@ async def test_errors_are_never_cached(
 ) -> None:
     path, _ = repo
     executor = FakeExecutor(lambda job: FakeStep(error="OOMKilled"))
-    async with Engine(store, executor, tmp_path) as engine:
+    async with Engine(store, executor, tmp_path / "data") as engine:
         for _ in range(2):
             finished = await collect(engine, await engine.submit(request(path, ["HEAD"])))
             assert finished.results[0].status is CommitStatus.error
@@ -160,7 +160,7 @@ async def test_log_cap_truncates_visibly(
     path, _ = repo
     lines = tuple(f"line {i:04d}" for i in range(200))
     executor = FakeExecutor(lambda job: FakeStep(lines=lines))
-    async with Engine(store, executor, tmp_path, log_cap_bytes=100) as engine:
+    async with Engine(store, executor, tmp_path / "data", log_cap_bytes=100) as engine:
         run_id = await engine.submit(request(path, ["HEAD"]))
         events = await all_events(engine, run_id)
     logged = [line for e in events if isinstance(e, CommitLog) for line in e.lines]
@@ -174,7 +174,7 @@ async def test_resume_after_seq_has_no_gap_or_duplicate(
 ) -> None:
     path, shas = repo
     executor = FakeExecutor(lambda job: FakeStep(lines=("a", "b", "c"), delay_s=0.01))
-    async with Engine(store, executor, tmp_path, max_concurrent=1) as engine:
+    async with Engine(store, executor, tmp_path / "data", max_concurrent=1) as engine:
         run_id = await engine.submit(request(path, shas))
         partial: list[AnyRunEvent] = []
         async for event in engine.subscribe(run_id):
@@ -193,7 +193,7 @@ async def test_slow_subscriber_is_dropped_not_waited_for(
     path, _ = repo
     monkeypatch.setattr(engine_module, "SUBSCRIBER_QUEUE_EVENTS", 5)
     executor = FakeExecutor(lambda job: FakeStep(lines=tuple(map(str, range(50))), delay_s=0.2))
-    async with Engine(store, executor, tmp_path) as engine:
+    async with Engine(store, executor, tmp_path / "data") as engine:
         run_id = await engine.submit(request(path, ["HEAD"]))
         stream = engine.subscribe(run_id)
         async for event in stream:  # follow live up to the start, then stop reading
@@ -212,7 +212,7 @@ async def test_recover_finishes_runs_interrupted_by_a_stop(
 ) -> None:
     path, shas = repo
     slow = FakeExecutor(lambda job: FakeStep(lines=("started",), delay_s=30))
-    engine = Engine(store, slow, tmp_path, max_concurrent=2)
+    engine = Engine(store, slow, tmp_path / "data", max_concurrent=2)
     async with engine:
         run_id = await engine.submit(request(path, shas[:4]))
         for _ in range(100):
@@ -221,7 +221,7 @@ async def test_recover_finishes_runs_interrupted_by_a_stop(
             await asyncio.sleep(0.01)
     assert not (await store.get_run(run_id)).status.final
     fast = FakeExecutor()
-    async with Engine(store, fast, tmp_path) as restarted:
+    async with Engine(store, fast, tmp_path / "data") as restarted:
         assert await restarted.recover() == [run_id]
         events = await all_events(restarted, run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -231,3 +231,19 @@ async def test_recover_finishes_runs_interrupted_by_a_stop(
     assert len(fast.started) == 4
     finished_events = [e for e in events if isinstance(e, CommitFinished)]
     assert len(finished_events) == 4
+
+
+async def test_local_repositories_inside_the_data_dir_or_when_disallowed_are_refused(
+    tmp_path: Path, store: Store, repo: tuple[Path, list[str]]
+) -> None:
+    path, _ = repo
+    executor = FakeExecutor()
+    async with Engine(store, executor, path.parent) as engine:  # data dir holds the repo
+        with pytest.raises(BadInput, match="data directory"):
+            await engine.submit(request(path, ["HEAD"]))
+    async with Engine(store, executor, tmp_path / "data", allow_local_repos=False) as engine:
+        with pytest.raises(BadInput, match="by URL only"):
+            await engine.submit(request(path, ["HEAD"]))
+        with pytest.raises(BadInput, match="by URL only"):
+            await engine.submit(request(f"file://{path}", ["HEAD"]))
+    assert executor.started == []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from committee import git
-from committee.errors import CommitteeError, NotFound
+from committee.errors import BadInput, CommitteeError, NotFound
 from committee.executors import Executor, Job, Limits, Stream
 from committee.messages import (
     AnyRunEvent,
@@ -129,8 +129,10 @@ class Engine:
         default_timeout_s: float = DEFAULT_TIMEOUT_S,
         log_cap_bytes: int = DEFAULT_LOG_CAP_BYTES,
         limits: Limits | None = None,
+        allow_local_repos: bool = True,
     ) -> None:
         self.store = store
+        self.allow_local_repos = allow_local_repos
         self.executor = executor
         self.data_dir = data_dir
         self.max_concurrent = max_concurrent or os.cpu_count() or 1
@@ -169,6 +171,7 @@ class Engine:
         """Resolve every commit (raising BadInput before anything runs), record the run and
         queue its commits. Returns the run id."""
         repo_url = git.normalize_repo_url(request.repo_url, cwd)
+        self._check_local_source(git.local_source(repo_url))
         request = request.model_copy(update={"repo_url": repo_url})
         mirror = await git.ensure_mirror(self.data_dir, repo_url, request.commits)
         commits = await git.resolve(mirror, request.commits, source=git.local_source(repo_url))
@@ -194,6 +197,21 @@ class Engine:
             self._enqueue(_Pending(run, index))
         log.info("run accepted", extra={"run_id": run_id, "commits": len(commits)})
         return run_id
+
+    def _check_local_source(self, source: Path | None) -> None:
+        """Local repositories are for local use: never committee's own data (another user's
+        mirror, a job's checkout), and none at all when the engine serves remote users."""
+        if source is None:
+            return
+        if not self.allow_local_repos:
+            raise BadInput(
+                "this server tests repositories by URL only (local paths are off: "
+                "start it with --allow-local-repos to allow them)"
+            )
+        data_dir = self.data_dir.resolve()
+        resolved = source.resolve()
+        if resolved == data_dir or data_dir in resolved.parents:
+            raise BadInput(f"{source} is inside committee's data directory, which is off limits")
 
     async def recover(self) -> list[str]:
         """Re-queue the unfinished commits of runs that were in flight when the process died."""
