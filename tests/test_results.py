@@ -85,7 +85,7 @@ def test_unreadable_junit_falls_back_to_the_summary() -> None:
     assert result.tests == TestCounts(total=4, passed=4)
 
 
-def test_diagnostics_are_appended_to_the_reason() -> None:
+def test_diagnostics_explain_errors_only() -> None:
     outcome = Outcome(
         exit_code=137, error="OOMKilled", diagnostics=("memory.failcnt 12", "pod evicted")
     )
@@ -93,7 +93,9 @@ def test_diagnostics_are_appended_to_the_reason() -> None:
     assert result.reason == "OOMKilled\nmemory.failcnt 12\npod evicted"
     passed = interpret(COMMIT, Outcome(exit_code=0, diagnostics=("cpu throttled",)), 1.0)
     assert passed.status is CommitStatus.passed
-    assert passed.reason == "cpu throttled"
+    assert passed.reason == ""
+    timeout = interpret(COMMIT, Outcome(None, timed_out=True, diagnostics=("peak 1 MiB",)), 1.0)
+    assert timeout.reason.endswith("\npeak 1 MiB")
 
 
 # ---------------------------------------------------------------- across commits

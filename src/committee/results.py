@@ -32,7 +32,8 @@ def interpret(commit: CommitRef, outcome: Outcome, duration_s: float) -> CommitR
         status = CommitStatus.passed
     else:
         status = CommitStatus.failed
-    if outcome.diagnostics:
+    if outcome.diagnostics and status in (CommitStatus.error, CommitStatus.timeout):
+        # Forensics explain a failure to run; on an ordinary pass or fail they are noise.
         reason = "\n".join([reason, *outcome.diagnostics]).strip()
     return CommitResult(
         commit=commit.sha,
