@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,9 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     from committee.demo import DEMO_COMMAND, DEMO_COMMITS, build_demo_repo
 
     data_dir = data_dir_of(args)
-    repo = await asyncio.to_thread(build_demo_repo, data_dir / "demo-repo")
+    # Outside the data dir: committee refuses to test repositories inside its own data.
+    demo_dir = Path(tempfile.gettempdir()) / f"committee-demo-{os.getuid()}"
+    repo = await asyncio.to_thread(build_demo_repo, demo_dir)
     console = _console(args)
     console.print(f"demo repository with a regression built at {repo}")
     console.print(f"testing every commit with: {DEMO_COMMAND}\n")
