@@ -82,9 +82,9 @@ class RunView:
             self.finished = event
 
 
-def _status_text(status: CommitStatus) -> Text:
+def _status_text(status: CommitStatus, width: int = 0) -> Text:
     icon, style = STATUS_STYLE[status]
-    return Text(f"{icon} {status.value}", style=style)
+    return Text(f"{icon} {status.value:<{width}}", style=style)
 
 
 def _counts(result: CommitResult | None) -> str:
@@ -98,7 +98,7 @@ def live_table(view: RunView) -> RenderableType:
     rows: list[RenderableType] = []
     for commit in view.commits.values():
         line = Text.assemble(
-            _status_text(commit.status),
+            _status_text(commit.status, width=9),
             "  ",
             (commit.sha[:10], "bold"),
             f"  {commit.ref:<12.12}  {commit.subject[:50]:<50}  {commit.elapsed(now):6.1f}s",
