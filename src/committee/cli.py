@@ -286,7 +286,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from committee.demo import DEMO_COMMAND, DEMO_COMMITS, build_demo_repo
 
-    data_dir = data_dir_of(args)
     # Outside the data dir: committee refuses to test repositories inside its own data.
     demo_dir = Path(tempfile.gettempdir()) / f"committee-demo-{os.getuid()}"
     repo = await asyncio.to_thread(build_demo_repo, demo_dir)

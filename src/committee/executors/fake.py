@@ -1,7 +1,8 @@
 """A scripted executor for scheduler and server tests: no processes, exact control.
 
 Each job's behaviour comes from `script(job) -> FakeStep`: how long to take, then the lines
-to print and the exit code. It records which jobs started, and in what order, and which were cancelled.
+to print and the exit code. It records which jobs started, in what order, and which were
+cancelled.
 """
 
 from __future__ import annotations

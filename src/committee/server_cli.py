@@ -1,0 +1,274 @@
+"""The server's subcommands: `serve`, `token`, and the client side, `submit` and `watch`.
+
+`committee.cli` finds this module and calls `register`. Like the rest of the CLI, these only
+build settings or a request and hand them to the server or the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+
+from committee import git
+from committee.cli import (
+    DB_NAME,
+    _add_data_dir,
+    _add_request_options,
+    _console,
+    data_dir_of,
+    follow,
+    open_store,
+    request_from_args,
+)
+from committee.client import stream_run
+from committee.config import read_config
+from committee.errors import BadInput, NotFound
+from committee.executors import create_executor
+from committee.messages import Submit, Subscribe
+from committee.server import ServerSettings, create_app, uvicorn_config
+
+log = logging.getLogger("committee.server")
+
+TOKEN_ENV = "COMMITTEE_TOKEN"
+MAX_USER_ID = 128
+# Attributes every LogRecord has; the rest were passed with `extra=` and are the event's fields.
+_RECORD_FIELDS = {
+    *vars(logging.LogRecord("", 0, "", 0, "", None, None)),
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's coloured copy of the message
+}
+
+
+def register(subparsers: Any) -> None:
+    _add_serve(subparsers)
+    _add_token(subparsers)
+    _add_submit(subparsers)
+    _add_watch(subparsers)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", help="ws://HOST:PORT/ws (default: ws_url of --config)")
+    parser.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve the WebSocket protocol, the REST API and the dashboard"
+    )
+    _add_data_dir(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--executor", default="local", choices=["local", "kubernetes"])
+    serve.add_argument(
+        "--no-auth", action="store_true", help="no tokens; trust user_id in messages"
+    )
+    serve.add_argument(
+        "--max-concurrent", type=_positive, default=None, help="commits at once (default: CPUs)"
+    )
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    serve.add_argument(
+        "--allow-local-repos",
+        action="store_true",
+        help="let clients test repositories by a path on this machine (always on with --no-auth)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    configure_logging(json_lines=args.log_json)
+    data_dir = data_dir_of(args)
+    executor = create_executor(args.executor, data_dir)
+    if warning := executor.describe().get("warning"):
+        log.warning(warning)
+    if args.no_auth:
+        log.warning("authentication is off (--no-auth): whoever reaches the port acts as any user")
+    settings = ServerSettings(
+        data_dir,
+        data_dir / DB_NAME,
+        auth=not args.no_auth,
+        max_concurrent=args.max_concurrent,
+        allow_local_repos=args.allow_local_repos or args.no_auth,
+    )
+    server = uvicorn.Server(uvicorn_config(create_app(settings, executor), args.host, args.port))
+    tune_gc()
+    log.info(
+        "server starting",
+        extra={"url": f"http://{args.host}:{args.port}", "data_dir": str(data_dir)},
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def tune_gc() -> None:
+    """Keep full garbage collections out of the event stream. With a thousand connections a
+    gen-2 pass took 80-120 ms and stalled every stream (bench/README.md): what is loaded by now
+    is never scanned again, and the older generations are collected less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
+
+
+def configure_logging(*, json_lines: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # Our own connection lines replace uvicorn's and the websockets library's.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str)
+
+
+class PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = "".join(f" {k}={v}" for k, v in _fields(record).items())
+        line = f"{self.formatTime(record)} {record.levelname:<7} {record.getMessage()}{fields}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+# ---------------------------------------------------------------- token
+
+
+def _add_token(sub: Any) -> None:
+    token = sub.add_parser("token", help="create, revoke and list the server's bearer tokens")
+    actions = token.add_subparsers(dest="token_action", required=True)
+    create = actions.add_parser("create", help="make a token for USER (printed once)")
+    create.add_argument("user", metavar="USER")
+    create.add_argument("--label", default="", help="what the token is for")
+    revoke = actions.add_parser("revoke", help="revoke a token, by itself or by its id")
+    revoke.add_argument("token_or_id", metavar="ID_OR_TOKEN")
+    listing = actions.add_parser("list", help="every token's id, user and label")
+    listing.add_argument("--json", action="store_true")
+    for parser in (create, revoke, listing):
+        _add_data_dir(parser)
+    create.set_defaults(func=lambda a: asyncio.run(cmd_token_create(a)))
+    revoke.set_defaults(func=lambda a: asyncio.run(cmd_token_revoke(a)))
+    listing.set_defaults(func=lambda a: asyncio.run(cmd_token_list(a)))
+
+
+async def cmd_token_create(args: argparse.Namespace) -> int:
+    if not 1 <= len(args.user) <= MAX_USER_ID or args.user != args.user.strip():
+        raise BadInput(f"user id must be 1 to {MAX_USER_ID} characters, without outer spaces")
+    store = await open_store(args)
+    try:
+        token = await store.create_token(args.user, args.label)
+    finally:
+        await store.aclose()
+    Console(stderr=True).print(f"token for {args.user} (shown once; keep it secret):")
+    print(token)
+    return 0
+
+
+async def cmd_token_revoke(args: argparse.Namespace) -> int:
+    store = await open_store(args)
+    try:
+        revoked = await store.revoke_token(args.token_or_id)
+    finally:
+        await store.aclose()
+    if not revoked:
+        raise NotFound(f"no active token matches {args.token_or_id!r}")
+    print(f"revoked {revoked} token(s)")
+    return 0
+
+
+async def cmd_token_list(args: argparse.Namespace) -> int:
+    store = await open_store(args)
+    try:
+        tokens = await store.list_tokens()
+    finally:
+        await store.aclose()
+    if args.json:
+        print(json.dumps(tokens, indent=2))
+        return 0
+    for token in tokens:
+        state = "revoked" if token["revoked_at"] else "active"
+        print(f"{token['token_id']}  {state:<7}  {token['user_id']}  {token['label']}")
+    if not tokens:
+        print("no tokens yet: committee token create USER")
+    return 0
+
+
+# ---------------------------------------------------------------- submit and watch
+
+
+def _add_submit(sub: Any) -> None:
+    submit = sub.add_parser("submit", help="test commits on a committee server, live")
+    _add_request_options(submit)
+    _add_server_options(submit)
+    submit.set_defaults(func=lambda a: asyncio.run(cmd_submit(a)))
+
+
+def _add_watch(sub: Any) -> None:
+    watch = sub.add_parser("watch", help="follow a run on a committee server")
+    watch.add_argument("run_id", metavar="RUN")
+    watch.add_argument("--config", type=Path, help="config.json whose ws_url names the server")
+    watch.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    _add_server_options(watch)
+    watch.set_defaults(func=lambda a: asyncio.run(cmd_watch(a)))
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    request = request_from_args(args, args.command)
+    url = server_url(args)
+    # A local path means the path here: the server may run in another directory.
+    repo_url = git.normalize_repo_url(request.repo_url, Path.cwd())
+    message = Submit(**{**request.model_dump(), "repo_url": repo_url})
+    events = stream_run(url, _token(args), message)
+    return await follow(events, _console(args), as_json=args.json)
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    events = stream_run(server_url(args), _token(args), Subscribe(run_id=args.run_id))
+    return await follow(events, _console(args), as_json=args.json)
+
+
+def server_url(args: argparse.Namespace) -> str:
+    url: str | None = args.server
+    if url is None and args.config:
+        url = read_config(args.config).get("ws_url")
+    if not url:
+        raise BadInput("no server: give --server ws://HOST:PORT/ws, or ws_url in --config")
+    if not url.startswith(("ws://", "wss://")):
+        raise BadInput(f"--server {url!r}: expected a ws:// or wss:// URL")
+    return url
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get(TOKEN_ENV) or None
