@@ -193,7 +193,7 @@ async def test_slow_subscriber_is_dropped_not_waited_for(
     path, _ = repo
     monkeypatch.setattr(engine_module, "SUBSCRIBER_QUEUE_EVENTS", 5)
     executor = FakeExecutor(lambda job: FakeStep(lines=tuple(map(str, range(50))), delay_s=0.2))
-    async with Engine(store, executor, tmp_path / "data") as engine:
+    async with Engine(store, executor, tmp_path / "data", log_interval_s=0) as engine:
         run_id = await engine.submit(request(path, ["HEAD"]))
         stream = engine.subscribe(run_id)
         async for event in stream:  # follow live up to the start, then stop reading
@@ -247,3 +247,18 @@ async def test_local_repositories_inside_the_data_dir_or_when_disallowed_are_ref
         with pytest.raises(BadInput, match="by URL only"):
             await engine.submit(request(f"file://{path}", ["HEAD"]))
     assert executor.started == []
+
+
+async def test_chatty_output_is_batched_into_few_events_in_order(
+    tmp_path: Path, store: Store, repo: tuple[Path, list[str]]
+) -> None:
+    path, _ = repo
+    lines = tuple(f"line {i}" for i in range(300))
+    executor = FakeExecutor(lambda job: FakeStep(lines=lines))
+    async with Engine(store, executor, tmp_path / "data", log_interval_s=10) as engine:
+        run_id = await engine.submit(request(path, ["HEAD"]))
+        events = await all_events(engine, run_id)
+    logs = [e for e in events if isinstance(e, CommitLog)]
+    # The first line goes out at once; the other 299 wait for the interval or the end.
+    assert [len(e.lines) for e in logs] == [1, 299]
+    assert [line for e in logs for line in e.lines] == list(lines)

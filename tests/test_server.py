@@ -447,6 +447,7 @@ async def test_an_overflowing_subscriber_is_dropped_and_resumes_from_its_last_se
     from committee import engine
 
     monkeypatch.setattr(engine, "SUBSCRIBER_QUEUE_EVENTS", 4)
+    monkeypatch.setattr(engine, "DEFAULT_LOG_INTERVAL_S", 0)  # every chunk an event
     server = start_server(Firehose(100, 100, 1000), auth=False, send_timeout_s=30)
     async with connect_as(
         server, sock=small_window(server), max_queue=1, max_size=None

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,7 @@ log = logging.getLogger("committee.engine")
 DEFAULT_TIMEOUT_S = 900.0
 DEFAULT_LOG_CAP_BYTES = 64 << 20
 SUBSCRIBER_QUEUE_EVENTS = 4096
+DEFAULT_LOG_INTERVAL_S = 0.05  # at most 20 commit.log events a second per commit
 
 
 class SubscriberTooSlow(CommitteeError):
@@ -96,6 +97,55 @@ class _LogBudget:
         return kept
 
 
+class _LogBatcher:
+    """At most one `commit.log` event per `interval` for a commit: output arriving sooner waits
+    (never longer than `interval`) and goes out with the next. A chatty command then costs the
+    store and every subscriber a bounded number of events, while a quiet one is not delayed."""
+
+    def __init__(
+        self, publish: Callable[[Stream, list[str]], Awaitable[None]], interval: float
+    ) -> None:
+        self._publish = publish
+        self._interval = interval
+        self._stream: Stream = "stdout"
+        self._lines: list[str] = []
+        self._last = 0.0
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+
+    async def add(self, stream: Stream, lines: list[str]) -> None:
+        async with self._lock:  # stdout and stderr are read (and added) concurrently
+            if self._lines and stream != self._stream:
+                await self._flush()  # keep the interleaving of stdout and stderr
+            self._stream = stream
+            self._lines.extend(lines)
+            wait = self._last + self._interval - time.monotonic()
+            if wait <= 0:
+                await self._flush()
+            elif self._timer is None:
+                self._timer = asyncio.create_task(self._flush_after(wait))
+
+    async def _flush_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            self._timer = None
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._last = time.monotonic()
+            await self._publish(self._stream, lines)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
+            self._timer = None
+        async with self._lock:
+            await self._flush()
+
+
 @dataclass
 class _Run:
     run_id: str
@@ -130,8 +180,10 @@ class Engine:
         log_cap_bytes: int = DEFAULT_LOG_CAP_BYTES,
         limits: Limits | None = None,
         allow_local_repos: bool = True,
+        log_interval_s: float | None = None,
     ) -> None:
         self.store = store
+        self.log_interval_s = DEFAULT_LOG_INTERVAL_S if log_interval_s is None else log_interval_s
         self.allow_local_repos = allow_local_repos
         self.executor = executor
         self.data_dir = data_dir
@@ -386,15 +438,21 @@ class Engine:
         job = self._job(run, index)
         budget = _LogBudget(self.log_cap_bytes)
 
+        async def publish(stream: Stream, lines: list[str]) -> None:
+            event = CommitLog(run_id=run.run_id, commit=commit.sha, stream=stream, lines=lines)
+            await self._emit(run, event)
+
+        batcher = _LogBatcher(publish, self.log_interval_s)
+
         async def emit(stream: Stream, lines: list[str]) -> None:
-            kept = budget.take(lines)
-            if kept:
-                await self._emit(
-                    run, CommitLog(run_id=run.run_id, commit=commit.sha, stream=stream, lines=kept)
-                )
+            if kept := budget.take(lines):
+                await batcher.add(stream, kept)
 
         started = time.monotonic()
-        outcome = await self.executor.run(job, emit)
+        try:
+            outcome = await self.executor.run(job, emit)
+        finally:
+            await batcher.close()
         result = interpret(commit, outcome, time.monotonic() - started)
         if budget.dropped_lines:
             await self._log(
