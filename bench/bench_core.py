@@ -6,7 +6,8 @@ Builds a repository of N commits in a temporary folder, then measures:
 - overhead per commit: committee (local sandbox, --jobs 1, no cache) minus a plain loop that
   checks each commit out in one clone and runs the same trivial command (`true`);
 - cache hit per commit: the same run again with the result cache on;
-- --jobs speed-up on a CPU-bound command: --jobs 1 against --jobs <cores>;
+- --jobs speed-up on a CPU-bound command: --jobs 1 against --jobs <cores>, beside the
+  machine's own ceiling (the bare command run <cores> at a time with xargs);
 - peak memory: the largest resident size of any process the runs started (sandbox launcher,
   shell, command), and the growth of committee's own resident size.
 Prints the figures and writes them as JSON (default bench/results/core.json). Targets from the
@@ -20,6 +21,7 @@ import asyncio
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -62,12 +64,24 @@ async def committee_run(
     return elapsed
 
 
+# The same interpreter first on PATH as inside the sandbox, so both sides run the same python3.
+DIRECT_ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+
+
 def direct_run(repo: Path, shas: list[str], command: str, workdir: Path) -> float:
     subprocess.run(["git", "clone", "-q", str(repo), str(workdir)], check=True)
     started = time.perf_counter()
     for sha in shas:
         git(workdir, "checkout", "-q", "--detach", sha)
-        subprocess.run(command, shell=True, cwd=workdir, check=True)
+        subprocess.run(command, shell=True, cwd=workdir, check=True, env=DIRECT_ENV)
+    return time.perf_counter() - started
+
+
+def direct_parallel(count: int, command: str, jobs: int) -> float:
+    """The machine's own ceiling: the command `count` times, `jobs` at once, no checkout."""
+    started = time.perf_counter()
+    xargs = f"seq {count} | xargs -P {jobs} -I{{}} sh -c {shlex.quote(command)}"
+    subprocess.run(xargs, shell=True, check=True, env=DIRECT_ENV)
     return time.perf_counter() - started
 
 
@@ -87,6 +101,7 @@ async def measure(commits: int) -> dict[str, float | int]:
         await committee_run(data_dir, repo, shas, "true", 1, False)  # fill the cache
         cached = await committee_run(data_dir, repo, shas, "true", 1, False)
         cpu_direct = direct_run(repo, shas, CPU_COMMAND, root / "direct-cpu")
+        ceiling = cpu_direct / direct_parallel(commits, CPU_COMMAND, cores)
         serial = await committee_run(data_dir, repo, shas, CPU_COMMAND, 1, True)
         parallel = await committee_run(data_dir, repo, shas, CPU_COMMAND, cores, True)
         rss_after = rss_mib()
@@ -103,6 +118,7 @@ async def measure(commits: int) -> dict[str, float | int]:
         "cpu_jobsN_s": round(parallel, 2),
         "speedup": round(serial / parallel, 2),
         "speedup_target": round(0.9 * cores, 2),
+        "machine_speedup_ceiling": round(ceiling, 2),
         "peak_child_rss_mib": round(children, 1),
         "committee_rss_growth_mib": round(rss_after - rss_before, 1),
     }

@@ -222,10 +222,11 @@ class _Running:
     cgroups: JobCgroups | None
 
     def survivors(self) -> set[int]:
-        found = _marked_pids(self.job.job_id)
+        # The cgroups hold every process of the job (it joined them before exec); the /proc
+        # sweep, which reads every process's environment, is only needed without them.
         if self.cgroups is not None:
-            found |= self.cgroups.pids()
-        return found
+            return self.cgroups.pids()
+        return _marked_pids(self.job.job_id)
 
     def kill_once(self) -> set[int]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
