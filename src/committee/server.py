@@ -309,20 +309,23 @@ async def list_runs(request: Request) -> Response:
     return JSONResponse([run.model_dump(mode="json", exclude={"results"}) for run in runs])
 
 
-async def get_run(request: Request) -> Response:
+async def _owned_run(request: Request) -> tuple[Hub, str, str | None, RunRow]:
+    """The hub, the run id of the path, the caller, and the run, if the caller may see it."""
     user = await _authenticate(request)
     hub = _hub(request)
     run_id = request.path_params["run_id"]
-    await hub.auth.run_for(user, run_id)
+    return hub, run_id, user, await hub.auth.run_for(user, run_id)
+
+
+async def get_run(request: Request) -> Response:
+    hub, run_id, _, _ = await _owned_run(request)
     summary = await hub.store.run_summary(run_id)
     return Response(summary.model_dump_json(), media_type="application/json")
 
 
 async def commit_log(request: Request) -> Response:
-    user = await _authenticate(request)
-    hub = _hub(request)
-    run_id = request.path_params["run_id"]
-    commit = _one_commit(await hub.auth.run_for(user, run_id), request.path_params["sha"])
+    hub, run_id, _, run = await _owned_run(request)
+    commit = _one_commit(run, request.path_params["sha"])
 
     async def lines() -> AsyncIterator[str]:
         # Whole pages per chunk: one chunk per line made browsers read 100x slower.
@@ -352,10 +355,7 @@ async def submit_run(request: Request) -> Response:
 
 
 async def cancel_run(request: Request) -> Response:
-    user = await _authenticate(request)
-    hub = _hub(request)
-    run_id = request.path_params["run_id"]
-    await hub.auth.run_for(user, run_id)
+    hub, run_id, user, _ = await _owned_run(request)
     cancelled = await hub.engine.cancel(run_id)
     log.info("run cancel requested", extra={"run_id": run_id, "user": user, "live": cancelled})
     return JSONResponse({"run_id": run_id, "cancelled": cancelled})
