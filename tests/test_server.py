@@ -363,6 +363,21 @@ async def test_paths_on_the_server_are_refused_unless_allowed(
         assert "data directory" in answer["message"]
 
 
+async def test_network_is_refused_unless_the_server_allows_it(
+    start_server: ServerFactory, repo: Path
+) -> None:
+    strict = start_server(auth=False)
+    async with connect_as(strict) as websocket:
+        await websocket.send(submit(repo, ["HEAD"], network=True))
+        answer = await recv(websocket)
+        assert (answer["type"], answer["code"]) == ("error", "bad_request"), answer
+        assert "--allow-network" in answer["message"]
+    lenient = start_server(auth=False, allow_network=True)
+    async with connect_as(lenient) as websocket:
+        await websocket.send(submit(repo, ["HEAD"], network=True))
+        assert (await run_events(websocket))[-1]["status"] == "passed"
+
+
 async def test_an_oversized_frame_closes_with_1009_and_the_server_carries_on(
     start_server: ServerFactory, repo: Path
 ) -> None:

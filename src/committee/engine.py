@@ -180,11 +180,13 @@ class Engine:
         log_cap_bytes: int = DEFAULT_LOG_CAP_BYTES,
         limits: Limits | None = None,
         allow_local_repos: bool = True,
+        allow_network: bool = True,
         log_interval_s: float | None = None,
     ) -> None:
         self.store = store
         self.log_interval_s = DEFAULT_LOG_INTERVAL_S if log_interval_s is None else log_interval_s
         self.allow_local_repos = allow_local_repos
+        self.allow_network = allow_network
         self.executor = executor
         self.data_dir = data_dir
         self.max_concurrent = max_concurrent or os.cpu_count() or 1
@@ -224,6 +226,10 @@ class Engine:
         queue its commits. Returns the run id."""
         repo_url = git.normalize_repo_url(request.repo_url, cwd)
         self._check_local_source(git.local_source(repo_url))
+        if request.network and not self.allow_network:
+            raise BadInput(
+                "this server runs commands without network; it was not started with --allow-network"
+            )
         request = request.model_copy(update={"repo_url": repo_url})
         mirror = await git.ensure_mirror(self.data_dir, repo_url, request.commits)
         commits = await git.resolve(mirror, request.commits, source=git.local_source(repo_url))

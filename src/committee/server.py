@@ -89,6 +89,7 @@ class ServerSettings:
     auth: bool = True
     max_concurrent: int | None = None
     allow_local_repos: bool = False  # a path on the server is not for remote users by default
+    allow_network: bool = False  # commands reach no network unless the operator says so
     send_timeout_s: float = SEND_TIMEOUT_S
 
 
@@ -176,6 +177,7 @@ async def open_hub(settings: ServerSettings, executor: Executor) -> AsyncIterato
             settings.data_dir,
             max_concurrent=settings.max_concurrent,
             allow_local_repos=settings.allow_local_repos,
+            allow_network=settings.allow_network,
         )
         await stack.enter_async_context(engine)
         recovered = await engine.recover()

@@ -91,6 +91,11 @@ def _add_serve(sub: Any) -> None:
         action="store_true",
         help="let clients test repositories by a path on this machine (always on with --no-auth)",
     )
+    serve.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="let clients ask for network access for their commands (always on with --no-auth)",
+    )
     serve.set_defaults(func=cmd_serve)
 
 
@@ -108,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth=not args.no_auth,
         max_concurrent=args.max_concurrent,
         allow_local_repos=args.allow_local_repos or args.no_auth,
+        allow_network=args.allow_network or args.no_auth,
     )
     server = uvicorn.Server(uvicorn_config(create_app(settings, executor), args.host, args.port))
     tune_gc()
