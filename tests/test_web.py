@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
 
 from repos import git
 
@@ -41,6 +41,12 @@ CHROMIUM_ARGS = [
 ]
 SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 RUN_TIMEOUT_MS = 60_000
+# Every WebSocket the page opens, so a test can cut one.
+RECORD_SOCKETS = (
+    "const Native = WebSocket; window.sockets = [];"
+    "window.WebSocket = class extends Native {"
+    "  constructor(...a) { super(...a); window.sockets.push(this); } };"
+)
 TEST_COMMAND = 'sleep 1; python -m pytest -q -p no:cacheprovider --junitxml="$COMMITTEE_JUNIT"'
 
 CALC = "def add(a, b):\n    return a + b\n"
@@ -55,7 +61,8 @@ MUL_TEST = (
 @dataclass(frozen=True)
 class Server:
     url: str
-    token: str
+    token: str  # alice's
+    data_dir: Path
 
     def post(self, path: str, body: dict[str, object]) -> dict[str, str]:
         request = urllib.request.Request(
@@ -67,11 +74,37 @@ class Server:
             result: dict[str, str] = json.load(response)
             return result
 
+    def get(self, path: str, token: str = "") -> tuple[int, dict[str, object]]:
+        """The status and JSON body of a GET, errors included."""
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
 
 @dataclass(frozen=True)
 class Repo:
     path: Path
     shas: list[str]  # oldest first: add, docs, broken mul, readme
+
+
+def committee(data_dir: Path, *args: str) -> str:
+    """The CLI's output, run against the server's data directory."""
+    command = [sys.executable, "-m", "committee.cli", *args, "--data-dir", str(data_dir)]
+    return subprocess.run(command, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def new_token(server: Server, user: str, label: str = "") -> str:
+    return committee(server.data_dir, "token", "create", user, "--label", label).strip()
+
+
+def token_ids(server: Server) -> dict[str, str]:
+    """Each token's id by its label, as `committee token list` shows them."""
+    listed = json.loads(committee(server.data_dir, "token", "list", "--json"))
+    return {token["label"]: token["token_id"] for token in listed}
 
 
 def _free_port() -> int:
@@ -97,26 +130,20 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("server-data")
-    committee = [sys.executable, "-m", "committee.cli"]
-    token = subprocess.run(
-        [*committee, "token", "create", "alice", "--data-dir", str(data_dir)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    token = committee(data_dir, "token", "create", "alice").strip()
     port = _free_port()
     log = (data_dir / "server.log").open("wb")
     serve = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
     serve.append("--allow-local-repos")
     process = subprocess.Popen(
-        [*committee, *serve, "--executor", "local"],
+        [sys.executable, "-m", "committee.cli", *serve, "--executor", "local"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
-        yield Server(url, token)
+        yield Server(url, token, data_dir)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -280,12 +307,7 @@ def test_submit_through_the_form_and_watch_it_live(server: Server, repo: Repo, p
 def test_reload_and_dropped_connection_mid_run_carry_on(
     server: Server, repo: Repo, page: Page
 ) -> None:
-    # Every WebSocket the page opens, so the test can cut one.
-    page.add_init_script(
-        "const Native = WebSocket; window.sockets = [];"
-        "window.WebSocket = class extends Native {"
-        "  constructor(...a) { super(...a); window.sockets.push(this); } };"
-    )
+    page.add_init_script(RECORD_SOCKETS)
     run_id = submit(server, repo, "sleep 2; " + TEST_COMMAND, no_cache=True)
     open_run(page, server, run_id)
     expect(page.locator(".commit.status-passed").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
@@ -399,3 +421,101 @@ def test_big_log_is_virtualised_coloured_and_streamed_from_the_store(
     expect(log.locator(".log-row").first).to_have_text(middle)
     assert page.locator(".log-row").count() < 60
     shot(page, "big-log")
+
+
+# ---------------------------------------------------------------- who may see what, and cancel
+
+
+def test_another_users_run_is_not_found_and_shows_nothing(
+    server: Server, repo: Repo, page: Page
+) -> None:
+    bob = new_token(server, "bob")
+    run_id = submit(server, repo, "true", commits=[repo.shas[0]])  # alice's
+    status, body = server.get(f"/api/runs/{run_id}", token=bob)
+    assert (status, body["code"]) == (404, "not_found")
+
+    page.goto(f"{server.url}/runs/{run_id}?token={bob}")
+    expect(page.get_by_role("alert")).to_have_text(
+        f"Run not found: there is no run {run_id}, or it is not yours."
+    )
+    expect(page).to_have_title(re.compile("^Run not found"))
+    expect(page.get_by_role("dialog", name="Sign in")).to_be_hidden()
+    expect(page.locator(".commit")).to_have_count(0)
+    expect(page.locator(".run-head")).to_be_hidden()
+    text = page.locator("body").inner_text()
+    assert repo.shas[0][:8] not in text
+    assert str(repo.path) not in text
+    shot(page, "run-not-yours")
+
+
+def test_a_revoked_token_asks_to_sign_in_again(server: Server, repo: Repo, page: Page) -> None:
+    page.add_init_script(RECORD_SOCKETS)
+    dialog = page.get_by_role("dialog", name="Sign in")
+    first = new_token(server, "alice", "revoked while listing")
+    second = new_token(server, "alice", "revoked while watching")
+    ids = token_ids(server)
+    page.goto(f"{server.url}/?token={first}")
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    committee(server.data_dir, "token", "revoke", ids["revoked while listing"])
+    # The list's next refresh (every 5 s at most) is refused: the page asks, it does not go blank.
+    expect(dialog).to_be_visible(timeout=10_000)
+    expect(dialog.get_by_role("alert")).to_contain_text("not accepted")
+    shot(page, "token-revoked")
+
+    page.get_by_label("Token").fill(second)
+    page.get_by_role("button", name="Sign in").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_role("alert")).to_be_hidden()  # the refused refresh went through this time
+
+    run_id = submit(server, repo, "sleep 3", commits=[repo.shas[0]], no_cache=True)
+    page.goto(f"{server.url}/runs/{run_id}")
+    expect(page.locator("#connection")).to_have_text("Live")
+    committee(server.data_dir, "token", "revoke", ids["revoked while watching"])
+    page.evaluate("window.sockets.at(-1).close()")  # a dropped connection: the page reconnects
+    expect(dialog).to_be_visible(timeout=10_000)
+    expect(dialog.get_by_role("alert")).to_contain_text("live connection needs a valid token")
+    expect(page.locator("#connection")).to_have_text("Signed out")
+
+    page.get_by_label("Token").fill(server.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#connection")).to_have_text("Live")
+    wait_run_final(page, "passed")
+    assert page.evaluate("localStorage.getItem('committee.token')") == server.token
+
+
+def test_cancel_stops_a_run_at_once(server: Server, repo: Repo, page: Page) -> None:
+    run_id = submit(server, repo, "sleep 30", no_cache=True)
+    open_run(page, server, run_id)
+    expect(page.locator(".commit.status-running").first).to_be_visible(timeout=15_000)
+    asked: list[str] = []
+
+    def accept(confirm: Dialog) -> None:
+        asked.append(confirm.message)
+        confirm.accept()
+
+    page.once("dialog", accept)
+    started = time.monotonic()
+    page.get_by_role("button", name="Cancel run").click()
+
+    wait_run_final(page, "cancelled")
+    took = time.monotonic() - started
+    assert asked and "Cancel this run?" in asked[0]
+    expect(page.locator(".run-title-line .badge")).to_contain_text("cancelled")
+    for sha in repo.shas:
+        expect(card(page, sha)).to_have_class("commit status-cancelled")
+        expect(card(page, sha).locator(".badge")).to_contain_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    # The commit that was running stays in view, saying why it stopped; none claims "0.0 s".
+    detail = page.locator(".detail")
+    expect(detail.locator(".reason")).to_have_text("the run was cancelled")
+    expect(detail.locator(".detail-meta .badge")).to_contain_text("cancelled")
+    expect(page.locator(".commit-button[aria-pressed=true]")).to_have_count(1)
+    expect(page.locator(".commits")).not_to_contain_text("0.0 s")
+    shot(page, "run-cancelled")
+
+    status, summary = server.get(f"/api/runs/{run_id}")
+    assert (status, summary["status"]) == (200, "cancelled")
+    results = summary["results"]
+    assert isinstance(results, list)
+    assert [r["status"] for r in results] == ["cancelled"] * 4
+    assert took < 10, f"cancelling took {took:.1f} s"

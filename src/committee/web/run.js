@@ -20,6 +20,12 @@ import {
   timeElement,
 } from "./ui.js";
 
+// Statuses whose reason says why the tests did not run through.
+const NOT_RUN_THROUGH = new Set(["error", "timeout", "skipped", "cancelled"]);
+
+// Commits cut short or never run (cancelled, skipped) carry no duration: none, not "0.0 s".
+const took = (result) => (result.duration_s ? duration(result.duration_s) : "");
+
 export function runPage(main, runId, { live }) {
   const page = new RunPage(main, runId);
   page.load(live);
@@ -59,7 +65,10 @@ class RunPage {
     try {
       this.state.applySummary(await api.run(this.state.runId));
     } catch (error) {
-      this.fail(error.status === 404 ? "There is no such run (or it is not yours)." : error.message);
+      const missing = error.status === 404; // or someone else's: the server does not say which
+      if (missing) document.title = "Run not found · committee";
+      const notFound = `Run not found: there is no run ${this.state.runId}, or it is not yours.`;
+      this.fail(missing ? notFound : error.message);
       return;
     }
     this.archived = this.state.final;
@@ -186,7 +195,7 @@ class RunPage {
   }
 
   commitDuration(commit) {
-    if (commit.result) return duration(commit.result.duration_s);
+    if (commit.result) return took(commit.result);
     if (commit.status === "running" && commit.startedAt)
       return duration(Math.max(0, Date.now() / 1000 - commit.startedAt));
     return "";
@@ -217,7 +226,8 @@ class RunPage {
   }
 
   // The user's choice; else the first bad commit; else what is running now; else the first
-  // commit that went wrong; else the only commit there is.
+  // commit that went wrong; else the one already shown (a cancelled run keeps it in view);
+  // else the only commit there is.
   chosen() {
     const { state } = this;
     const wrong = ["failed", "error", "timeout"];
@@ -226,6 +236,7 @@ class RunPage {
       (state.firstBad && state.commitBySha(state.firstBad)) ||
       state.commits.find((c) => c.status === "running") ||
       state.commits.find((c) => wrong.includes(c.status)) ||
+      (this.shown && state.commitBySha(this.shown.sha)) ||
       (state.commits.length === 1 ? state.commits[0] : null)
     );
   }
@@ -246,7 +257,7 @@ class RunPage {
     setText(part(detail, "detail-facts"), this.facts(commit));
     const reason = part(detail, "reason");
     reason.hidden = !commit.result?.reason;
-    reason.dataset.label = ["error", "timeout", "skipped"].includes(commit.status) ? "Why" : "Notes";
+    reason.dataset.label = NOT_RUN_THROUGH.has(commit.status) ? "Why" : "Notes";
     setText(reason, commit.result?.reason);
     if (commit.result !== this.shownResult) this.renderFailures(commit);
     this.renderLogInfo(commit);
@@ -265,7 +276,7 @@ class RunPage {
     const r = commit.result;
     const parts = [commit.ref && commit.ref !== commit.sha ? `ref ${commit.ref}` : "", shortSha(commit.sha)];
     if (r) {
-      parts.push(testsText(r.tests) || "no test report", duration(r.duration_s));
+      parts.push(testsText(r.tests) || "no test report", took(r));
       if (r.exit_code !== null && r.exit_code !== undefined) parts.push(`exit code ${r.exit_code}`);
       if (r.cached) parts.push("cached result");
     } else if (commit.status === "running") parts.push(`running for ${this.commitDuration(commit)}`);
