@@ -118,6 +118,8 @@ async def test_cancel_kills_running_and_drops_queued(
         finished = await asyncio.wait_for(collect(engine, run_id), 5)
     assert finished.status is RunStatus.cancelled
     assert {r.status for r in finished.results} == {CommitStatus.cancelled}
+    ran = [r for r in finished.results if r.commit in {job.commit for job in executor.started}]
+    assert len(ran) == 2 and all(r.duration_s > 0 for r in ran)  # timed until the kill
     assert len(executor.cancelled) == 2
     assert len(executor.started) == 2
 

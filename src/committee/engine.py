@@ -155,6 +155,7 @@ class _Run:
     seq: int = 0
     results: list[CommitResult | None] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)
+    started: list[float | None] = field(default_factory=list)  # monotonic start of each commit
     subscribers: set[_Subscriber] = field(default_factory=set)
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -357,6 +358,7 @@ class Engine:
         run = _Run(run_id, request, commits, mirror)
         run.results = [None] * len(commits)
         run.attempts = [0] * len(commits)
+        run.started = [None] * len(commits)
         self._runs[run_id] = run
         return run
 
@@ -419,6 +421,7 @@ class Engine:
         commit = run.commits[index]
         request = run.request
         run.attempts[index] += 1
+        run.started[index] = time.monotonic()
         await self.store.set_commit_status(run.run_id, index, CommitStatus.running)
         await self._emit(
             run,
@@ -498,9 +501,16 @@ class Engine:
 
     @staticmethod
     def _final(run: _Run, index: int, status: CommitStatus, reason: str) -> CommitResult:
+        """A result the engine decides on (cancelled, errored), timed from the commit's start."""
         commit = run.commits[index]
+        started = run.started[index]
         return CommitResult(
-            commit=commit.sha, ref=commit.ref, subject=commit.subject, status=status, reason=reason
+            commit=commit.sha,
+            ref=commit.ref,
+            subject=commit.subject,
+            status=status,
+            reason=reason,
+            duration_s=round(time.monotonic() - started, 3) if started is not None else 0.0,
         )
 
     # ------------------------------------------------------------------ events
