@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -242,6 +244,30 @@ def test_binary_output_does_not_break_capture(
     assert document["results"][0]["status"] == "passed"  # type: ignore[index]
     log = committee("show", str(document["run_id"]), "--log", shas[4], cwd=repo, data_dir=data_dir)
     assert log.stdout.splitlines()[-1] == "100%"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_is_recorded_as_cancelled(
+    project: tuple[Path, list[str]], tmp_path: Path, signum: int
+) -> None:
+    repo, _ = project
+    data_dir = tmp_path / "d"
+    argv = [*COMMITTEE, "run", "--data-dir", str(data_dir), "HEAD~1", "HEAD", "--", "sleep 60"]
+    process = subprocess.Popen(argv, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # until the run is recorded
+            listing = committee("runs", "--json", cwd=repo, data_dir=data_dir)
+            if listing.returncode == 0 and json.loads(listing.stdout):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # and its commits have started
+        process.send_signal(signum)
+        assert process.wait(timeout=20) == 130
+    finally:
+        process.kill()
+    (run,) = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
+    assert run["status"] == "cancelled"
+    assert run["counts"] == {"cancelled": 2}
 
 
 def test_demo_finds_its_regression(tmp_path: Path) -> None:

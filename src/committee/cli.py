@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from rich.console import Console
 
 from committee import __version__
 from committee.config import build_request, default_data_dir, read_config
-from committee.engine import Engine
+from committee.engine import DEFAULT_LOG_CAP_BYTES, Engine
 from committee.errors import BadInput, CommitteeError
 from committee.executors import create_executor
 from committee.messages import json_schema
@@ -173,21 +174,30 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if warning := executor.describe().get("warning"):
         Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     store = await Store.open(data_dir / DB_NAME)
+    cap = args.log_cap or DEFAULT_LOG_CAP_BYTES
     try:
-        engine = Engine(store, executor, data_dir, max_concurrent=args.jobs)
-        if args.log_cap is not None:
-            engine.log_cap_bytes = args.log_cap
+        engine = Engine(store, executor, data_dir, max_concurrent=args.jobs, log_cap_bytes=cap)
         async with engine:
             run_id = await engine.submit(request, cwd=Path.cwd())
+            _cancel_on_termination()
             try:
                 return await follow(engine.subscribe(run_id), console, as_json=args.json)
-            except asyncio.CancelledError:  # Ctrl-C: record the run as cancelled, kill its commits
+            except asyncio.CancelledError:  # Ctrl-C, kill, hang-up: record the run as cancelled
                 await engine.cancel(run_id)
                 await engine.wait(run_id)
                 raise
     finally:
         await store.aclose()
         await executor.aclose()
+
+
+def _cancel_on_termination() -> None:
+    """SIGTERM and SIGHUP end a run the way Ctrl-C does: its commits killed, it kept as
+    cancelled, instead of the process dying with the run left 'running' in the store."""
+    task = asyncio.current_task()
+    if task is not None:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
 
 
 async def follow(events: Any, console: Console, *, as_json: bool) -> int:
@@ -312,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommitteeError as exc:
         Console(stderr=True, highlight=False).print(f"[red]committee: error:[/] {exc.message}")
         return EXIT_BAD_INPUT if isinstance(exc, BadInput) else 1
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        Console(stderr=True).print("interrupted: the run was cancelled")
         return 130
     return code
 
