@@ -6,13 +6,14 @@ Real git repositories and real SQLite files; only the executor is scripted.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from committee import engine as engine_module
-from committee.engine import Engine, SubscriberTooSlow, collect
+from committee.engine import Engine, SubscriberTooSlow, collect, process_owner
 from committee.errors import BadInput, UnknownCommit
 from committee.executors import Job
 from committee.executors.fake import FakeExecutor, FakeStep
@@ -264,3 +265,53 @@ async def test_chatty_output_is_batched_into_few_events_in_order(
     # The first line goes out at once; the other 299 wait for the interval or the end.
     assert [len(e.lines) for e in logs] == [1, 299]
     assert [line for e in logs for line in e.lines] == list(lines)
+
+
+async def interrupted_run(store: Store, data_dir: Path, repo: Path, owner: str) -> str:
+    """A run left unfinished by a process that stopped mid-run."""
+    slow = FakeExecutor(lambda job: FakeStep(delay_s=30))
+    async with Engine(store, slow, data_dir, owner=owner) as engine:
+        run_id = await engine.submit(request(repo, ["HEAD~1", "HEAD"]))
+        for _ in range(100):
+            if slow.started:
+                break
+            await asyncio.sleep(0.01)
+    assert (await store.get_run(run_id)).status is RunStatus.running
+    return run_id
+
+
+async def test_runs_of_a_dead_cli_process_are_closed_not_rerun(
+    tmp_path: Path, store: Store, repo: tuple[Path, list[str]]
+) -> None:
+    path, _ = repo
+    dead = f"cli:{socket.gethostname()}:999999999:1"
+    run_id = await interrupted_run(store, tmp_path / "data", path, dead)
+    fresh = FakeExecutor()
+    async with Engine(store, fresh, tmp_path / "data") as server:
+        assert await server.recover() == [run_id]
+        finished = await asyncio.wait_for(collect(server, run_id), 5)
+    assert fresh.started == []
+    assert finished.status is RunStatus.cancelled
+    assert all("process running this commit ended" in r.reason for r in finished.results)
+
+
+async def test_runs_of_a_live_cli_process_are_left_alone(
+    tmp_path: Path, store: Store, repo: tuple[Path, list[str]]
+) -> None:
+    path, _ = repo
+    run_id = await interrupted_run(store, tmp_path / "data", path, process_owner())
+    async with Engine(store, FakeExecutor(), tmp_path / "data") as server:
+        assert await server.recover() == []
+    assert (await store.get_run(run_id)).status is RunStatus.running
+
+
+async def test_a_cli_never_takes_over_a_servers_run(
+    tmp_path: Path, store: Store, repo: tuple[Path, list[str]]
+) -> None:
+    path, _ = repo
+    run_id = await interrupted_run(store, tmp_path / "data", path, owner="")
+    cli = FakeExecutor()
+    async with Engine(store, cli, tmp_path / "data", owner=process_owner()) as engine:
+        assert await engine.recover() == []
+    assert cli.started == []
+    assert (await store.get_run(run_id)).status is RunStatus.running

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,7 @@ from committee.models import (
     CommitResult,
     CommitStatus,
     RunRequest,
+    RunStatus,
 )
 from committee.results import (
     cache_key,
@@ -183,8 +185,10 @@ class Engine:
         allow_local_repos: bool = True,
         allow_network: bool = True,
         log_interval_s: float | None = None,
+        owner: str = "",
     ) -> None:
         self.store = store
+        self.owner = owner  # "" for a server; process_owner() for a CLI run
         self.log_interval_s = DEFAULT_LOG_INTERVAL_S if log_interval_s is None else log_interval_s
         self.allow_local_repos = allow_local_repos
         self.allow_network = allow_network
@@ -235,7 +239,7 @@ class Engine:
         mirror = await git.ensure_mirror(self.data_dir, repo_url, request.commits)
         commits = await git.resolve(mirror, request.commits, source=git.local_source(repo_url))
         run_id = secrets.token_hex(8)
-        await self.store.create_run(run_id, request, commits, self.executor.name)
+        await self.store.create_run(run_id, request, commits, self.executor.name, self.owner)
         run = self._track(run_id, request, commits, mirror)
         await self._emit(
             run,
@@ -273,9 +277,15 @@ class Engine:
             raise BadInput(f"{source} is inside committee's data directory, which is off limits")
 
     async def recover(self) -> list[str]:
-        """Re-queue the unfinished commits of runs that were in flight when the process died."""
+        """Take over what the previous process left unfinished: a server re-queues the
+        unfinished commits of server runs; anyone closes the runs of CLI processes that died
+        (their commits cancelled). Runs of a live CLI process are left alone."""
         recovered = []
         for row in await self.store.unfinished_runs():
+            if owner_alive(row.owner):
+                continue
+            if not row.owner and self.owner:
+                continue  # a server's run: only a server takes it over
             mirror = git.mirror_path(self.data_dir, row.request.repo_url)
             run = self._track(row.run_id, row.request, [c.ref for c in row.commits], mirror)
             run.seq = row.last_seq
@@ -284,8 +294,14 @@ class Engine:
                 run.attempts[commit.index] = commit.attempts
             pending = [c.index for c in row.commits if not c.status.final]
             for index in pending:
-                await self._log(run, index, "committee restarted: testing this commit again")
-                self._enqueue(_Pending(run, index))
+                if row.owner:
+                    reason = "the committee process running this commit ended"
+                    await self._record(
+                        run, index, self._final(run, index, CommitStatus.cancelled, reason)
+                    )
+                else:
+                    await self._log(run, index, "committee restarted: testing this commit again")
+                    self._enqueue(_Pending(run, index))
             if not pending:
                 await self._finish(run)
             recovered.append(row.run_id)
@@ -422,6 +438,8 @@ class Engine:
         request = run.request
         run.attempts[index] += 1
         run.started[index] = time.monotonic()
+        if not any(started is not None for i, started in enumerate(run.started) if i != index):
+            await self.store.set_run_status(run.run_id, RunStatus.running)
         await self.store.set_commit_status(run.run_id, index, CommitStatus.running)
         await self._emit(
             run,
@@ -557,6 +575,30 @@ class Engine:
             await self.store.append_events([event])
             for subscriber in run.subscribers:
                 subscriber.offer(event)
+
+
+def process_owner() -> str:
+    """Who drives a CLI run: this host, pid and process start time (pids are reused)."""
+    return f"cli:{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the CLI process that owns a run still runs. A server's run ("") has no owner
+    process; another host's process cannot be checked, so it counts as alive."""
+    if not owner.startswith("cli:"):
+        return False
+    _, host, pid, ticks = owner.rsplit(":", 3)
+    if host != socket.gethostname():
+        return True
+    return _start_ticks(int(pid)) == ticks
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
 
 
 async def collect(engine: Engine, run_id: str) -> RunFinished:

@@ -108,6 +108,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             revoked_at REAL)""",
         "CREATE INDEX tokens_by_id ON tokens (token_id)",
     ),
+    # 2: who drives a run: "" for a server (the next server re-queues it), or a CLI process
+    # (committee.engine.process_owner), whose runs nobody else may take over while it lives.
+    ("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -131,6 +134,7 @@ class RunRow:
     last_seq: int
     executor: str
     commits: list[CommitRow]
+    owner: str = ""
 
 
 class Store:
@@ -164,9 +168,14 @@ class Store:
 
     # ---- runs
     async def create_run(
-        self, run_id: str, request: RunRequest, commits: Sequence[CommitRef], executor: str
+        self,
+        run_id: str,
+        request: RunRequest,
+        commits: Sequence[CommitRef],
+        executor: str,
+        owner: str = "",
     ) -> None:
-        await self._call(_create_run, run_id, request, commits, executor)
+        await self._call(_create_run, run_id, request, commits, executor, owner)
 
     async def get_run(self, run_id: str) -> RunRow:
         """Raises NotFound."""
@@ -303,11 +312,13 @@ def _create_run(
     request: RunRequest,
     commits: Sequence[CommitRef],
     executor: str,
+    owner: str,
 ) -> None:
     with _transaction(db):
         db.execute(
             "INSERT INTO runs (run_id, user_id, chat_id, repo_url, test_command, project_type,"
-            " request_json, executor, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " request_json, executor, status, created_at, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
                 request.user_id,
@@ -319,6 +330,7 @@ def _create_run(
                 executor,
                 RunStatus.queued.value,
                 time.time(),
+                owner,
             ),
         )
         db.executemany(
@@ -366,6 +378,7 @@ def _run_row(db: sqlite3.Connection, record: sqlite3.Row) -> RunRow:
         last_seq=record["last_seq"],
         executor=record["executor"],
         commits=_commit_rows(db, record["run_id"]),
+        owner=record["owner"],
     )
 
 
