@@ -218,3 +218,10 @@ def test_cache_key_does_not_confuse_fields() -> None:
     one = cache_key(**{**BASE, "command": "make", "project_type": "c test"})
     two = cache_key(**{**BASE, "command": "make c", "project_type": "test"})
     assert one != two
+
+
+def test_a_command_that_cannot_run_is_an_error_not_a_failure() -> None:
+    for code, words in ((127, "not found"), (126, "could not be executed")):
+        result = interpret(COMMIT, Outcome(exit_code=code), 0.1)
+        assert result.status is CommitStatus.error
+        assert words in result.reason

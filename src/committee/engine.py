@@ -481,6 +481,8 @@ class Engine:
         finally:
             await batcher.close()
         result = interpret(commit, outcome, time.monotonic() - started)
+        if result.status in (CommitStatus.error, CommitStatus.timeout):
+            await self._log(run, index, f"{result.status.value}: {result.reason}")
         if budget.dropped_lines:
             await self._log(
                 run,

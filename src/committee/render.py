@@ -131,15 +131,37 @@ def summary_table(results: list[CommitResult], first_bad: str | None) -> Table:
     return table
 
 
+def verdict(finished: RunFinished) -> str:
+    """One sentence on where the run stands, in words (the table has the details)."""
+    statuses = [r.status for r in finished.results]
+    if finished.first_bad_commit is not None:
+        if CommitStatus.passed not in statuses[: statuses.index(CommitStatus.failed)]:
+            return "every tested commit up to it fails: it may have broken earlier still"
+        return ""
+    if CommitStatus.failed in statuses:
+        return "no commit broke after a passing one: the failures come before the passes"
+    if finished.status.value == "passed":
+        return "no commit broke"
+    return f"no commit failed its tests, but the run {finished.status.value}"
+
+
 def print_summary(console: Console, finished: RunFinished) -> None:
     console.print(summary_table(finished.results, finished.first_bad_commit))
+    for result in finished.results:
+        if result.status in (CommitStatus.error, CommitStatus.timeout) and result.reason:
+            icon, style = STATUS_STYLE[result.status]
+            why = escape(result.reason.splitlines()[0][:300])
+            console.print(f"[{style}]{icon} {result.commit[:10]} {escape(result.ref)}:[/] {why}")
+    note = verdict(finished)
     if finished.first_bad_commit is None:
-        console.print(f"[bold]run {finished.run_id}: {finished.status.value}[/], no commit broke")
+        console.print(f"[bold]run {finished.run_id}: {finished.status.value}[/] — {note}")
         return
     bad = next(r for r in finished.results if r.commit == finished.first_bad_commit)
     console.print(
         f"[bold red]first bad commit: {bad.commit}[/] ({escape(bad.ref)}) {escape(bad.subject)}"
     )
+    if note:
+        console.print(f"  ({note})")
     failures = {f.name: f for f in bad.failures}
     for name in finished.newly_failing or list(failures):
         console.print(f"  [red]✘ {escape(name)}[/]")
@@ -176,24 +198,28 @@ class TerminalReporter:
 
     def __enter__(self) -> TerminalReporter:
         if not self._quiet and self.console.is_terminal:
-            self._live = Live(console=self.console, refresh_per_second=8, transient=False)
+            # A callable, so elapsed times tick between events too.
+            self._live = Live(
+                console=self.console,
+                refresh_per_second=4,
+                transient=False,
+                get_renderable=lambda: live_table(self.view),
+            )
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._live is not None:
-            self._live.update(live_table(self.view), refresh=True)
+            self._live.refresh()
             self._live.__exit__(None, None, None)
 
     def handle(self, event: AnyRunEvent) -> None:
         self.view.apply(event)
-        if self._quiet:
+        if self._quiet or self._live is not None:  # the live view draws itself
             return
-        if self._live is not None:
-            self._live.update(live_table(self.view))
-        elif isinstance(event, RunAccepted):
+        if isinstance(event, RunAccepted):
             self.console.print(
-                f"run {event.run_id}: {len(event.commits)} commit(s) of {event.repo_url}"
+                f"run {event.run_id}: {len(event.commits)} commit(s) of {escape(event.repo_url)}"
             )
         elif isinstance(event, CommitFinished):
             self.console.print(

@@ -11,6 +11,11 @@ from committee.junit import ParsedTests, parse_junit, parse_summary
 from committee.models import CommitRef, CommitResult, CommitStatus, RunStatus, TestCounts
 
 SKIP_EXIT_CODE = 125  # as `git bisect run`: this commit cannot be tested
+# The shell's own codes: the command itself could not run, which says nothing about the tests.
+CANNOT_RUN = {
+    126: "the test command could not be executed (exit 126: permission denied?)",
+    127: "the test command was not found (exit 127): is it installed, or spelled right?",
+}
 
 
 def interpret(commit: CommitRef, outcome: Outcome, duration_s: float) -> CommitResult:
@@ -25,6 +30,9 @@ def interpret(commit: CommitRef, outcome: Outcome, duration_s: float) -> CommitR
         reason = reason or "the command ran past its timeout and was killed"
     elif outcome.error:
         status = CommitStatus.error
+    elif outcome.exit_code in CANNOT_RUN:
+        status = CommitStatus.error
+        reason = CANNOT_RUN[outcome.exit_code]
     elif outcome.exit_code == SKIP_EXIT_CODE:
         status = CommitStatus.skipped
         reason = "the command exited 125: commit cannot be tested"
