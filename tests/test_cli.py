@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from repos import git, make_repo
 
 COMMITTEE = [sys.executable, "-m", "committee.cli"]
+README = Path(__file__).parent.parent / "README.md"
 
 PASSING_TEST = "def test_ok():\n    assert 1 + 1 == 2\n"
 FAILING_TEST = "def test_math():\n    assert 1 + 1 == 3, 'arithmetic broke'\n"
@@ -110,6 +113,61 @@ def test_bad_repository_is_exit_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "git" in done.stderr.lower() and str(not_a_repo) in done.stderr
+
+
+def test_run_from_a_subdirectory_tests_the_whole_repository(
+    project: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, shas = project
+    deep = repo / "src" / "pkg"
+    deep.mkdir(parents=True)
+    document = run_json(deep, tmp_path / "d", "HEAD~1", "HEAD", "--", "test -f test_b.py")
+    assert [r["commit"] for r in document["results"]] == shas[3:]  # type: ignore[index]
+    assert document["status"] == "passed"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    done = committee("run", "HEAD", "--", "true", cwd=outside, data_dir=tmp_path / "d")
+    assert done.returncode == 2
+    assert f"{outside} is not inside a git repository" in done.stderr and "--repo" in done.stderr
+
+
+def test_a_forgotten_double_dash_says_where_the_command_goes(
+    project: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, _ = project
+    done = committee("run", "HEAD~2..HEAD", "pytest", "-q", cwd=repo, data_dir=tmp_path / "d")
+    assert done.returncode == 2
+    assert (
+        "unexpected argument(s) '-q': put the test command after `--`, "
+        "e.g. committee run HEAD~2..HEAD -- pytest -q"
+    ) in done.stderr
+    usage = committee("run", "--help", cwd=repo, data_dir=tmp_path / "d").stdout
+    assert "[COMMIT ...] [-- COMMAND ...]" in usage
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+def test_jobs_must_be_positive(project: tuple[Path, list[str]], tmp_path: Path, jobs: str) -> None:
+    repo, _ = project
+    done = committee("run", f"--jobs={jobs}", "HEAD", "--", "true", cwd=repo, data_dir=tmp_path)
+    assert done.returncode == 2
+    assert f"{jobs!r} is not a positive whole number" in done.stderr
+
+
+def test_error_messages_keep_their_brackets(
+    project: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, _ = project
+    done = committee("run", "foo[bold]x", "--", "true", cwd=repo, data_dir=tmp_path / "d")
+    assert done.returncode == 2 and "foo[bold]x" in done.stderr
+    # As if lightkube were not installed: an install away, so bad input, and the extra is named.
+    no_lightkube = "import sys; sys.modules['lightkube'] = None; from committee.cli import main; "
+    done = subprocess.run(
+        [sys.executable, "-c", no_lightkube + "sys.exit(main())", "run", "--data-dir",
+         str(tmp_path / "d"), "--executor", "kubernetes", "HEAD", "--", "true"],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'committee[kubernetes]'" in done.stderr
 
 
 def test_missing_command_is_exit_2(project: tuple[Path, list[str]], tmp_path: Path) -> None:
@@ -216,6 +274,12 @@ def test_runs_and_show_log_keep_everything(project: tuple[Path, list[str]], tmp_
     lines = log.stdout.splitlines()
     assert [x for x in lines if x.startswith("line-")] == [f"line-{i}" for i in range(1, 501)]
     assert "oops" in lines
+    by_name = committee("show", run_id, "--log", "HEAD", cwd=repo, data_dir=data_dir)
+    assert by_name.returncode == 0 and by_name.stdout == log.stdout  # the name it was given
+    unknown = committee("show", run_id, "--log", "main", cwd=repo, data_dir=data_dir)
+    assert unknown.returncode == 2 and "a name the run was given (HEAD)" in unknown.stderr
+    missing = committee("show", "0" * 16, cwd=repo, data_dir=data_dir)
+    assert missing.returncode == 2 and f"no run {'0' * 16}" in missing.stderr
     shown = json.loads(committee("show", run_id, "--json", cwd=repo, data_dir=data_dir).stdout)
     assert shown["status"] == "passed" and shown["results"][0]["commit"] == shas[4]
 
@@ -253,7 +317,9 @@ def test_interrupted_run_is_recorded_as_cancelled(
     repo, _ = project
     data_dir = tmp_path / "d"
     argv = [*COMMITTEE, "run", "--data-dir", str(data_dir), "HEAD~1", "HEAD", "--", "sleep 60"]
-    process = subprocess.Popen(argv, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        argv, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         for _ in range(200):  # until the run is recorded
             listing = committee("runs", "--json", cwd=repo, data_dir=data_dir)
@@ -262,12 +328,41 @@ def test_interrupted_run_is_recorded_as_cancelled(
             time.sleep(0.05)
         time.sleep(0.5)  # and its commits have started
         process.send_signal(signum)
-        assert process.wait(timeout=20) == 130
+        _, err = process.communicate(timeout=20)
     finally:
         process.kill()
+    assert process.returncode == 130
+    assert "interrupted: the run was cancelled" in err
     (run,) = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
     assert run["status"] == "cancelled"
     assert run["counts"] == {"cancelled": 2}
+
+
+def test_a_killed_run_is_closed_by_the_next_run_and_not_rerun(
+    project: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, _ = project
+    data_dir = tmp_path / "d"
+    argv = [*COMMITTEE, "run", "--data-dir", str(data_dir), "HEAD", "--", "sleep 60"]
+    process = subprocess.Popen(argv, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            listing = committee("runs", "--json", cwd=repo, data_dir=data_dir)
+            if listing.returncode == 0 and json.loads(listing.stdout):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.kill()  # SIGKILL: no chance to record anything
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    (killed,) = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
+    assert killed["status"] == "running"
+    run_json(repo, data_dir, "HEAD", "--", "true")
+    runs = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
+    closed = next(r for r in runs if r["run_id"] == killed["run_id"])
+    assert closed["status"] == "cancelled"
+    assert closed["counts"] == {"cancelled": 1}
 
 
 def test_demo_finds_its_regression(tmp_path: Path) -> None:
@@ -276,3 +371,40 @@ def test_demo_finds_its_regression(tmp_path: Path) -> None:
     assert "first bad commit" in done.stdout
     assert "Simplify the stock filter" in done.stdout
     assert "test_in_stock_filter_hides_sold_out_items" in done.stdout
+
+
+def readme_block(heading: str) -> list[str]:
+    """The lines of the first shell block after `heading` in README.md, without comments."""
+    block = README.read_text().split(heading, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].rstrip() for line in block.splitlines()]
+
+
+def test_the_readme_server_example_works_as_written(
+    project: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Its token, serve and submit lines, run by a shell as they are (on a free port), from a
+    subdirectory of the repository."""
+    repo, shas = project
+    port = str(free_port())
+    token, serve, submit = (
+        line.replace("8080", port) for line in readme_block("## The server")[:3]
+    )
+    wait = f"until (echo > /dev/tcp/127.0.0.1/{port}) 2>/dev/null; do sleep 0.1; done"
+    script = "\n".join([token, serve, "trap 'kill $!' EXIT", wait, submit])
+    (repo / "sub").mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "COMMITTEE_DATA_DIR": str(tmp_path / "server-data"),
+    }
+    shell = subprocess.Popen(
+        ["bash", "-c", script], cwd=repo / "sub", env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = shell.communicate(timeout=120)
+    finally:
+        if shell.returncode is None:
+            os.killpg(shell.pid, signal.SIGTERM)  # the shell and the server it started
+    assert shell.returncode == 1, err  # HEAD~3..HEAD holds the commit that breaks test_math
+    assert "committee summary" in out and shas[2][:10] in out and shas[1][:10] not in out

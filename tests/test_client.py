@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import select
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -87,11 +91,25 @@ async def test_an_error_event_raises_what_it_stands_for(
         await collect(stream_run(server.ws_url, None, submission(repo, ["no-such-ref"])))
 
 
-async def test_retries_are_bounded_when_no_server_answers(repo: Path) -> None:
+async def test_no_server_at_all_fails_at_once_without_retrying() -> None:
     url = f"ws://127.0.0.1:{free_port()}/ws"
-    events = stream_run(url, None, Subscribe(run_id="0123456789abcdef"), retries=2, backoff_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(CommitteeError, match=r"cannot connect to .*: is `committee serve` running"):
+        await collect(stream_run(url, None, Subscribe(run_id="0123456789abcdef")))
+    assert time.monotonic() - started < 2
+
+
+async def test_retries_are_bounded_once_a_connected_server_goes_away(
+    start_server: ServerFactory, repo: Path, proxy_to: Callable[[int], Awaitable[Proxy]]
+) -> None:
+    server = start_server(scripted(5.0), auth=False)
+    proxy = await proxy_to(server.port)
+    url = f"ws://127.0.0.1:{proxy.port}/ws"
+    events = stream_run(url, None, submission(repo, ["HEAD"]), retries=2, backoff_s=0.01)
     with pytest.raises(CommitteeError, match=r"gave up .* after 2 retries"):
-        await collect(events)
+        async for _ in events:
+            await proxy.aclose()  # connected once: then the server vanishes
+    assert proxy.connections == 1
 
 
 # ---------------------------------------------------------------- the commands
@@ -147,8 +165,9 @@ def test_watch_attaches_to_a_run_submitted_elsewhere(
     summary = json.loads(capsys.readouterr().out)
     assert summary["run_id"] == run_id and summary["status"] == "failed"
     other = create_token(server, "eve", capsys)
-    assert run_cli("watch", run_id, "--server", server.ws_url, "--token", other) == 1
+    assert run_cli("watch", run_id, "--server", server.ws_url, "--token", other) == 2
     assert f"no run {run_id}" in capsys.readouterr().err
+    assert run_cli("watch", "0" * 16, "--server", server.ws_url, "--token", token) == 2
 
 
 def test_token_commands_create_list_and_revoke(
@@ -164,10 +183,59 @@ def test_token_commands_create_list_and_revoke(
     submit = ("submit", "--server", server.ws_url, "--token", token, "--repo", str(repo), "HEAD")
     assert run_cli(*submit, "--", "pytest") == 0
     assert run_cli("token", "revoke", listed["token_id"], *data_dir) == 0
-    assert run_cli("token", "revoke", listed["token_id"], *data_dir) == 1  # nothing left
+    assert run_cli("token", "revoke", listed["token_id"], *data_dir) == 2  # nothing left
     capsys.readouterr()
-    assert run_cli(*submit, "--", "pytest") == 1
-    assert "refused the token" in capsys.readouterr().err
+    assert run_cli(*submit, "--", "pytest") == 2
+    assert "refused the token of --token: it is unknown or revoked" in capsys.readouterr().err
+
+
+def test_a_missing_token_names_the_flag_and_the_variable(
+    start_server: ServerFactory,
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("COMMITTEE_TOKEN", raising=False)
+    server = start_server(scripted())
+    assert run_cli("submit", "--server", server.ws_url, "--repo", str(repo), "--", "t") == 2
+    err = capsys.readouterr().err
+    assert "give --token TOKEN or set $COMMITTEE_TOKEN" in err
+    assert "Authorization" not in err
+    monkeypatch.setenv("COMMITTEE_TOKEN", "cmt_wrong")
+    assert run_cli("watch", "0" * 16, "--server", server.ws_url) == 2
+    assert "refused the token of $COMMITTEE_TOKEN" in capsys.readouterr().err
+
+
+def test_a_server_url_without_a_path_means_its_ws_endpoint(
+    start_server: ServerFactory, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_server(scripted(), auth=False)
+    bare = f"ws://127.0.0.1:{server.port}"
+    assert run_cli("submit", "--server", bare, "--repo", str(repo), "--json", "--", "t") == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "passed"
+
+
+def test_no_server_listening_is_one_clear_error_at_once(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    started = time.monotonic()
+    assert run_cli("submit", "--server", url, "--repo", str(repo), "--", "pytest") == 1
+    assert time.monotonic() - started < 2
+    err = capsys.readouterr().err
+    assert f"cannot connect to {url}: is `committee serve` running there?" in err
+    assert "resuming" not in err
+
+
+def test_submit_without_dashes_says_where_the_command_goes(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ("submit", "--server", "ws://127.0.0.1:9/ws", "--repo", str(repo), "HEAD", "pytest")
+    assert run_cli(*argv, "-q") == 2
+    assert (
+        "unexpected argument(s) '-q': put the test command after `--`, "
+        "e.g. committee submit HEAD~2..HEAD -- pytest -q"
+    ) in capsys.readouterr().err
 
 
 def test_submit_without_a_server_is_bad_input(
@@ -175,6 +243,58 @@ def test_submit_without_a_server_is_bad_input(
 ) -> None:
     assert run_cli("submit", "--repo", str(repo), "HEAD", "--", "pytest") == 2
     assert "--server" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_the_run_on_the_server_and_cancel_stops_it(
+    start_server: ServerFactory, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_server(scripted(30.0))
+    token = create_token(server, "alice", capsys)
+    server_options = ("--server", server.ws_url, "--token", token)
+    argv = [sys.executable, "-m", "committee.cli", "submit", *server_options, "--repo", str(repo)]
+    process = subprocess.Popen(
+        [*argv, "HEAD~1", "HEAD", "--", "pytest"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        assert select.select([process.stdout], [], [], 20)[0], "no output from submit"
+        first_line = process.stdout.readline()
+        run_id = first_line.split()[1].rstrip(":")  # "run ID: 2 commit(s) of ..."
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert f"the run goes on on the server: `committee watch {run_id}` to follow it" in err
+    assert f"`committee cancel {run_id}` to stop it" in err
+    api = f"{server.http_url}/api/runs/{run_id}"
+    assert httpx.get(api, params={"token": token}).json()["status"] == "running"
+    assert run_cli("cancel", run_id, *server_options) == 0
+    assert capsys.readouterr().out == f"run {run_id} cancelled\n"
+    assert httpx.get(api, params={"token": token}).json()["status"] == "cancelled"
+    assert run_cli("cancel", run_id, *server_options) == 1
+    assert "had already finished" in capsys.readouterr().out
+
+
+def test_cancel_of_an_unknown_or_someone_elses_run_is_bad_input(
+    start_server: ServerFactory, repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_server(scripted(30.0))
+    owner = create_token(server, "alice", capsys)
+    body = {"repo_url": str(repo), "test_command": "pytest"}
+    run_id = httpx.post(f"{server.http_url}/api/runs", json=body, params={"token": owner}).json()[
+        "run_id"
+    ]
+    other = create_token(server, "eve", capsys)
+    for run, token in ((run_id, other), ("0" * 16, owner)):
+        assert run_cli("cancel", run, "--server", server.ws_url, "--token", token) == 2
+        assert f"no run {run}" in capsys.readouterr().err
+    assert run_cli("cancel", run_id, "--server", f"ws://127.0.0.1:{free_port()}") == 1
+    assert "is `committee serve` running there?" in capsys.readouterr().err
+    assert run_cli("cancel", run_id, "--server", server.ws_url, "--token", owner) == 0
 
 
 def create_token(

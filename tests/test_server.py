@@ -343,6 +343,33 @@ async def test_bad_input_is_answered_with_an_error_and_the_connection_carries_on
         assert (await recv(websocket))["type"] == "pong"
 
 
+async def test_config_json_fields_as_the_original_design_sends_them(
+    start_server: ServerFactory, repo: Path
+) -> None:
+    """Numeric user_id / chat_id and the ws_url of its config.json, by WebSocket and by REST."""
+    server = start_server(auth=False)
+    design = {"user_id": 42, "chat_id": 7, "ws_url": server.ws_url}
+    async with connect_as(server) as websocket:
+        await websocket.send(submit(repo, ["HEAD"], **design))
+        accepted = (await run_events(websocket))[0]
+        await websocket.send(submit(repo, ["HEAD"], user_id=4.2))
+        refused = await recv(websocket)
+    assert (accepted["user_id"], accepted["chat_id"]) == ("42", "7")
+    assert refused["code"] == "bad_request"
+    assert (
+        "user_id: must be a string or a whole number, not a fractional number"
+        in (refused["message"])
+    )
+    body = {"repo_url": str(repo), "test_command": "t", **design}
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        created = await http.post("/api/runs", json=body)
+        assert created.status_code == 201, created.text
+        shown = (await http.get(f"/api/runs/{created.json()['run_id']}")).json()
+        null_id = await http.post("/api/runs", json={**body, "chat_id": None})
+    assert (shown["user_id"], shown["chat_id"]) == ("42", "7")
+    assert null_id.status_code == 400 and "not null" in null_id.json()["message"]
+
+
 async def test_paths_on_the_server_are_refused_unless_allowed(
     start_server: ServerFactory, repo: Path
 ) -> None:

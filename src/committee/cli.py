@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,18 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from committee import __version__
 from committee.config import build_request, default_data_dir, read_config
-from committee.engine import DEFAULT_LOG_CAP_BYTES, Engine
-from committee.errors import BadInput, CommitteeError
-from committee.executors import create_executor
+from committee.engine import DEFAULT_LOG_CAP_BYTES, Engine, process_owner
+from committee.errors import (
+    AuthError,
+    BadInput,
+    BadRepository,
+    CommitteeError,
+    ExecutorError,
+    NotFound,
+)
+from committee.executors import Executor, create_executor
 from committee.messages import json_schema
+from committee.models import RunSummary
 from committee.render import TerminalReporter, exit_code, print_summary, summary_json
 from committee.store import Store
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+# What the user of the command can fix: their input, a run id that is not theirs, their token.
+BAD_INPUT_ERRORS = (BadInput, NotFound, AuthError)
 DB_NAME = "committee.db"
+COMMAND_USAGE = " [-- COMMAND ...]"
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -42,9 +57,22 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], str | None]:
     return list(argv[:at]), words[0] if len(words) == 1 else shlex.join(words)
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def show_command_in_usage(parser: argparse.ArgumentParser) -> None:
+    """Append `[-- COMMAND ...]` to the generated usage line; call it once all options are in."""
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + COMMAND_USAGE
+
+
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("commits", nargs="*", metavar="COMMIT", help="SHAs, names, HEAD~N, A..B")
-    parser.add_argument("--repo", help="repository path or URL (default: current directory)")
+    parser.add_argument(
+        "--repo", help="repository path or URL (default: the repository of the current directory)"
+    )
     parser.add_argument("--config", type=Path, help="config.json of the original design")
     parser.add_argument("--timeout", type=float, help="seconds per commit before it is killed")
     parser.add_argument("--no-cache", action="store_true", help="never reuse stored results")
@@ -71,7 +99,7 @@ def request_from_args(args: argparse.Namespace, command: str | None) -> Any:
             raise BadInput(f"--env {pair!r}: expected KEY=VALUE")
         env[key] = value
     overrides = {
-        "repo_url": args.repo or (None if "repo_url" in config else "."),
+        "repo_url": args.repo or (None if "repo_url" in config else repository_here(Path.cwd())),
         "commits": args.commits or None,
         "test_command": command,
         "project_type": args.project_type,
@@ -87,6 +115,43 @@ def request_from_args(args: argparse.Namespace, command: str | None) -> Any:
     return build_request(config, overrides)
 
 
+def repository_here(cwd: Path) -> str:
+    """The top-level directory of the repository `cwd` is in, however deep (the repository
+    itself when it is bare)."""
+    top = _rev_parse(cwd, "--show-toplevel")
+    if top.returncode == 0:
+        return top.stdout.rstrip("\n")
+    bare = _rev_parse(cwd, "--is-bare-repository", "--absolute-git-dir")
+    if bare.returncode == 0 and bare.stdout.startswith("true\n"):
+        return bare.stdout.splitlines()[1]
+    reason = (top.stderr.strip().splitlines() or [""])[0]
+    detail = "" if "not a git repository" in reason else f" ({reason})"  # e.g. unsafe owner
+    raise BadRepository(
+        f"{cwd} is not inside a git repository{detail}: run committee in one, "
+        "or give --repo PATH_OR_URL"
+    )
+
+
+def _rev_parse(cwd: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", *options], cwd=cwd, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise BadInput("git is not installed (or not on PATH)") from None
+
+
+def make_executor(name: str, data_dir: Path) -> Executor:
+    """`create_executor`, with an executor whose optional packages are missing told as bad
+    input: it is one `pip install` away."""
+    if name == "kubernetes":
+        try:
+            importlib.import_module("committee.executors.kubernetes")
+        except ExecutorError as exc:  # raised at import when lightkube is missing
+            raise BadInput(exc.message) from None
+    return create_executor(name, data_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="committee",
@@ -99,15 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="test commits here, each in a local sandbox")
     _add_request_options(run)
     _add_data_dir(run)
-    run.add_argument("--jobs", "-j", type=int, default=None, help="commits at once (default: CPUs)")
+    run.add_argument(
+        "--jobs", "-j", type=positive_int, default=None, help="commits at once (default: CPUs)"
+    )
     run.add_argument("--executor", default="local", choices=["local", "kubernetes"])
-    run.add_argument("--log-cap", type=int, default=None, help="bytes of log kept per commit")
+    run.add_argument(
+        "--log-cap", type=positive_int, default=None, help="bytes of log kept per commit"
+    )
     run.set_defaults(func=lambda a: asyncio.run(cmd_run(a)))
+    show_command_in_usage(run)
 
     runs = sub.add_parser("runs", help="list stored runs")
     _add_data_dir(runs)
     runs.add_argument("--json", action="store_true")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=positive_int, default=20)
     runs.set_defaults(func=lambda a: asyncio.run(cmd_runs(a)))
 
     show = sub.add_parser("show", help="show one run, or the full log of one of its commits")
@@ -123,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build a demo repository with a regression and test it")
     _add_data_dir(demo)
-    demo.add_argument("--jobs", "-j", type=int, default=None)
+    demo.add_argument("--jobs", "-j", type=positive_int, default=None)
     demo.set_defaults(func=lambda a: asyncio.run(cmd_demo(a)))
 
     schema = sub.add_parser("schema", help="print the protocol's JSON Schema")
@@ -166,19 +236,33 @@ def _console(args: argparse.Namespace) -> Console:
     return console
 
 
+def error_console() -> Console:
+    # soft_wrap: a message is one line, however narrow; the terminal folds it, logs keep it whole.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     request = request_from_args(args, args.command)
     data_dir = data_dir_of(args)
-    executor = create_executor(args.executor, data_dir)
+    executor = make_executor(args.executor, data_dir)
     console = _console(args)
     if warning := executor.describe().get("warning"):
-        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+        error_console().print(f"[yellow]warning:[/] {escape(warning)}")
     store = await Store.open(data_dir / DB_NAME)
     cap = args.log_cap or DEFAULT_LOG_CAP_BYTES
     try:
-        engine = Engine(store, executor, data_dir, max_concurrent=args.jobs, log_cap_bytes=cap)
+        engine = Engine(
+            store,
+            executor,
+            data_dir,
+            max_concurrent=args.jobs,
+            log_cap_bytes=cap,
+            owner=process_owner(),
+        )
         async with engine:
+            await engine.recover()  # close runs whose committee process was killed
             run_id = await engine.submit(request, cwd=Path.cwd())
+            args.interrupt_note = "the run was cancelled"
             _cancel_on_termination()
             try:
                 return await follow(engine.subscribe(run_id), console, as_json=args.json)
@@ -228,7 +312,8 @@ async def cmd_runs(args: argparse.Namespace) -> int:
     for run in runs:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(run.counts.items()))
         bad = f" first bad {run.first_bad_commit[:10]}" if run.first_bad_commit else ""
-        console.print(f"{run.run_id}  {run.status.value:<9} {run.repo_url}  [{counts}]{bad}")
+        line = f"{run.run_id}  {run.status.value:<9} {run.repo_url}  [{counts}]{bad}"
+        console.print(line, markup=False)
     if not runs:
         console.print("no runs yet: try `committee demo`")
     return 0
@@ -239,10 +324,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     try:
         summary = await store.run_summary(args.run_id)
         if args.log:
-            matches = [r.commit for r in summary.results if r.commit.startswith(args.log)]
-            if len(matches) != 1:
-                raise BadInput(f"{args.log!r} names {len(matches)} commits of run {args.run_id}")
-            async for line in store.commit_log(args.run_id, matches[0]):
+            async for line in store.commit_log(args.run_id, commit_named(summary, args.log)):
                 sys.stdout.write(line + "\n")
             return 0
     finally:
@@ -254,8 +336,10 @@ async def cmd_show(args: argparse.Namespace) -> int:
     from committee.render import summary_table
 
     console = _console(args)
-    console.print(f"run {summary.run_id}: {summary.status.value} — {summary.repo_url}")
-    console.print(f"command: {summary.test_command}")
+    console.print(
+        f"run {summary.run_id}: {summary.status.value} — {summary.repo_url}", markup=False
+    )
+    console.print(f"command: {summary.test_command}", markup=False)
     finished = RunFinished(
         run_id=summary.run_id,
         status=summary.status,
@@ -268,6 +352,23 @@ async def cmd_show(args: argparse.Namespace) -> int:
     else:
         console.print(summary_table(summary.results, summary.first_bad_commit))
     return 0
+
+
+def commit_named(summary: RunSummary, name: str) -> str:
+    """The commit of the run that `name` names: the name it was given (HEAD, v1.2), else a
+    SHA prefix."""
+    by_name = {r.commit for r in summary.results if r.ref == name}
+    matches = by_name or {r.commit for r in summary.results if r.commit.startswith(name.lower())}
+    if len(matches) == 1:
+        return matches.pop()
+    if matches:
+        raise BadInput(f"{name!r} starts {len(matches)} SHAs of run {summary.run_id}: give more")
+    given = ", ".join(r.ref for r in summary.results[:10])
+    more = ", ..." if len(summary.results) > 10 else ""
+    raise BadInput(
+        f"{name!r} names no commit of run {summary.run_id}: give a SHA prefix or a name "
+        f"the run was given ({given}{more})"
+    )
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -283,12 +384,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     executor = create_executor("local", data_dir)
     for key, value in executor.describe().items():
         if value:
-            console.print(f"{key:>10}: {value}")
+            console.print(f"{key:>10}: {value}", markup=False)
     all_ok = True
     for check, ok, detail in doctor_report(data_dir):
         all_ok &= ok
         console.print(
-            f"[{'green' if ok else 'yellow'}]{'ok ' if ok else 'no '}[/] {check}: {detail}"
+            f"[{'green' if ok else 'yellow'}]{'ok ' if ok else 'no '}[/] "
+            f"{escape(check)}: {escape(detail)}"
         )
     return 0 if all_ok else 1
 
@@ -300,8 +402,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     demo_dir = Path(tempfile.gettempdir()) / f"committee-demo-{os.getuid()}"
     repo = await asyncio.to_thread(build_demo_repo, demo_dir)
     console = _console(args)
-    console.print(f"demo repository with a regression built at {repo}")
-    console.print(f"testing every commit with: {DEMO_COMMAND}\n")
+    console.print(f"demo repository with a regression built at {repo}", markup=False)
+    console.print(f"testing every commit with: {DEMO_COMMAND}\n", markup=False)
     args.repo, args.config, args.commits = str(repo), None, DEMO_COMMITS
     args.timeout, args.no_cache, args.json, args.project_type = 300.0, True, False, "fastapi"
     args.user_id = args.chat_id = None
@@ -311,20 +413,43 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if code == 1 else 1  # the demo is meant to find its regression
 
 
+def print_error(message: str) -> None:
+    # Escaped: messages quote user text ('foo[bold]x', "committee[kubernetes]") that Rich
+    # would otherwise read as markup and swallow.
+    error_console().print(f"[red]committee: error:[/] {escape(message)}")
+
+
+def _unexpected(args: argparse.Namespace, extra: list[str], command: str | None) -> int:
+    """Words argparse did not take: for run and submit, most likely a command without `--`."""
+    words = ", ".join(repr(word) for word in extra)
+    if args.subcommand not in ("run", "submit") or command is not None:
+        print_error(f"unrecognized argument(s) {words}")
+    else:
+        print_error(
+            f"unexpected argument(s) {words}: put the test command after `--`, "
+            f"e.g. committee {args.subcommand} HEAD~2..HEAD -- pytest -q"
+        )
+    return EXIT_BAD_INPUT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words, command = split_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(words)
+    args, extra = parser.parse_known_args(words)
+    if extra:
+        return _unexpected(args, extra, command)
     args.command = command
+    args.interrupt_note = ""  # what became of the run if Ctrl-C comes; commands set it
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         code = handler(args)
     except CommitteeError as exc:
-        Console(stderr=True, highlight=False).print(f"[red]committee: error:[/] {exc.message}")
-        return EXIT_BAD_INPUT if isinstance(exc, BadInput) else 1
+        print_error(exc.message)
+        return EXIT_BAD_INPUT if isinstance(exc, BAD_INPUT_ERRORS) else 1
     except (KeyboardInterrupt, asyncio.CancelledError):
-        Console(stderr=True).print("interrupted: the run was cancelled")
-        return 130
+        note = f": {args.interrupt_note}" if args.interrupt_note else ""
+        error_console().print(f"interrupted{note}", markup=False)
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -3,7 +3,11 @@
 `stream_run` sends a submit (or a subscribe), yields the run's events up to `run.finished`, and
 when the connection drops it reconnects and subscribes again with `after_seq` = the last seq it
 yielded: the caller sees every event once, in order, whatever happened to the connection.
-Retries are bounded; the count starts over whenever a connection brought new events.
+Retries are bounded; the count starts over whenever a connection brought new events. When not
+even the first connection can be made, nothing is listening there: it fails at once.
+
+`cancel_run` stops a run through the REST API, which, unlike the WebSocket, says whether the
+run was still going.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import httpx
 from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -72,6 +78,41 @@ def error_from(event: ErrorEvent) -> CommitteeError:
     return _ERRORS.get(event.code, CommitteeError)(event.message)
 
 
+def _not_listening(url: str, why: object) -> CommitteeError:
+    return CommitteeError(f"cannot connect to {url}: is `committee serve` running there? ({why})")
+
+
+async def cancel_run(url: str, token: str | None, run_id: str) -> bool:
+    """Cancel a run on the server whose WebSocket is at `url`. False if it had already
+    finished; raises NotFound (no such run, or not yours) and AuthError."""
+    api = _http_base(url) + f"/api/runs/{quote(run_id, safe='')}/cancel"
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(api, headers=headers)
+    except httpx.TransportError as exc:
+        raise _not_listening(url, f"{type(exc).__name__}: {exc}") from None
+    if response.status_code != 200:
+        raise _error_of(response)
+    return bool(response.json()["cancelled"])
+
+
+def _http_base(url: str) -> str:
+    """The server's HTTP root, from its WebSocket URL (ws://h:p/ws → http://h:p)."""
+    parts = urlsplit(url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return urlunsplit((scheme, parts.netloc, parts.path.removesuffix("/ws"), "", ""))
+
+
+def _error_of(response: httpx.Response) -> CommitteeError:
+    try:
+        return error_from(ErrorEvent.model_validate_json(response.content))
+    except ValidationError:  # not the server's error body: a proxy's, say
+        return CommitteeError(
+            f"{response.url} answered {response.status_code}: {response.text[:300]}"
+        )
+
+
 class _Dropped(Exception):
     """The connection failed in a way worth retrying."""
 
@@ -80,6 +121,7 @@ class _Dropped(Exception):
 class _Cursor:
     run_id: str | None
     last_seq: int = 0
+    connected: bool = False  # whether any connection was made: if none, no server is there
     sent: bool = False  # whether the first message left; a submit is never sent twice
     finished: bool = False
 
@@ -121,6 +163,8 @@ async def _before_retry(
     url: str, cursor: _Cursor, exc: _Dropped, failures: int, retries: int, backoff_s: float
 ) -> None:
     """Wait the backoff; raise instead when retrying would resubmit or is hopeless."""
+    if not cursor.connected:  # a typo'd URL or a server that is not up: waiting will not help
+        raise _not_listening(url, exc)
     if cursor.run_id is None and cursor.sent:
         raise CommitteeError(
             f"lost the connection to {url} before the server acknowledged the submit "
@@ -141,7 +185,9 @@ async def _one_connection(
         async with connect(
             url, additional_headers=headers, max_size=MAX_EVENT_BYTES, compression=None
         ) as websocket:
-            await websocket.send(message.model_dump_json())
+            cursor.connected = True
+            # Unset fields stay off the wire: a server that predates one still takes the message.
+            await websocket.send(message.model_dump_json(exclude_none=True))
             cursor.sent = True
             while not cursor.finished:  # then leave `connect` normally: a clean close
                 try:

@@ -44,9 +44,6 @@ def build_request(config: dict[str, Any], overrides: dict[str, Any]) -> RunReque
     """Merge config.json fields with command-line flags (flags win) into a validated request."""
     merged = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
     merged.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("user_id", "chat_id"):
-        if key in merged:
-            merged[key] = str(merged[key])  # the original design sends numbers
     try:
         return RunRequest.model_validate(merged)
     except ValidationError as exc:

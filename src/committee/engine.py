@@ -268,8 +268,8 @@ class Engine:
             return
         if not self.allow_local_repos:
             raise BadInput(
-                "this server tests repositories by URL only (local paths are off: "
-                "start it with --allow-local-repos to allow them)"
+                "this server tests repositories by URL only: local paths and file:// URLs are "
+                "refused (start it with --allow-local-repos to allow them)"
             )
         data_dir = self.data_dir.resolve()
         resolved = source.resolve()

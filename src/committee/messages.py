@@ -29,6 +29,12 @@ MAX_FRAME_BYTES = 1 << 20  # 1 MiB: no legitimate client message is near it
 
 class Submit(RunRequest):
     type: Literal["submit"] = "submit"
+    ws_url: str | None = Field(
+        None,
+        max_length=4096,
+        description="Ignored: the original design's config.json names its server here, and "
+        "clients send the whole file",
+    )
 
 
 class Subscribe(BaseModel):

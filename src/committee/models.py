@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class CommitStatus(StrEnum):
@@ -95,6 +97,8 @@ class CommitResult(BaseModel):
 
 
 _SAFE_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ID = Field(min_length=1, max_length=128)
+_ID_INPUT = Annotated[str, _ID] | int  # what a client may send as user_id and chat_id
 
 
 class RunRequest(BaseModel):
@@ -106,8 +110,8 @@ class RunRequest(BaseModel):
     commits: list[str] = Field(default_factory=lambda: ["HEAD"], max_length=10_000)
     test_command: str = Field(min_length=1, max_length=65_536)
     project_type: str = Field("python", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    user_id: str = Field("local", min_length=1, max_length=128)
-    chat_id: str = Field("local", min_length=1, max_length=128)
+    user_id: Annotated[str, _ID] = "local"
+    chat_id: Annotated[str, _ID] = "local"
     timeout_s: float | None = Field(None, gt=0, le=86_400)
     env: dict[str, str] = Field(default_factory=dict)
     network: bool = False
@@ -121,6 +125,21 @@ class RunRequest(BaseModel):
             return value.split()
         return value
 
+    @field_validator("user_id", "chat_id", mode="before", json_schema_input_type=_ID_INPUT)
+    @classmethod
+    def _whole_number_as_string(cls, value: object) -> object:
+        # The original design's config.json gives numbers ("user_id": 42). Only whole numbers:
+        # 4.2, true and null are mistakes, not ids.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise PydanticCustomError(
+                "id_type",
+                "must be a string or a whole number, not {kind}",
+                {"kind": _json_type(value)},
+            )
+        return value
+
     @field_validator("env")
     @classmethod
     def _check_env_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -128,6 +147,11 @@ class RunRequest(BaseModel):
             if not _SAFE_ENV_NAME.match(name):
                 raise ValueError(f"environment variable name {name!r} is not valid")
         return value
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", float: "a fractional number", list: "an array", dict: "an object"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
 
 
 class RunSummary(BaseModel):

@@ -143,8 +143,12 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         raise BadInput(describe_validation_error(exc)) from None
 
 
+# A submit's own fields (type, the ignored ws_url): not part of the run request.
+_SUBMIT_ONLY = set(Submit.model_fields) - set(RunRequest.model_fields)
+
+
 def request_of(message: Submit) -> RunRequest:
-    return RunRequest(**message.model_dump(exclude={"type"}))
+    return RunRequest(**message.model_dump(exclude=_SUBMIT_ONLY))
 
 
 # ---------------------------------------------------------------- app and lifespan

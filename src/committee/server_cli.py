@@ -1,4 +1,4 @@
-"""The server's subcommands: `serve`, `token`, and the client side, `submit` and `watch`.
+"""The server's subcommands: `serve`, `token`, and the client side, `submit`, `watch`, `cancel`.
 
 `committee.cli` finds this module and calls `register`. Like the rest of the CLI, these only
 build settings or a request and hand them to the server or the client.
@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
-from rich.console import Console
 
 from committee import git
 from committee.cli import (
@@ -26,15 +28,18 @@ from committee.cli import (
     _add_request_options,
     _console,
     data_dir_of,
+    error_console,
     follow,
+    make_executor,
     open_store,
+    positive_int,
     request_from_args,
+    show_command_in_usage,
 )
-from committee.client import stream_run
+from committee.client import cancel_run, stream_run
 from committee.config import read_config
-from committee.errors import BadInput, NotFound
-from committee.executors import create_executor
-from committee.messages import Submit, Subscribe
+from committee.errors import AuthError, BadInput, NotFound
+from committee.messages import AnyRunEvent, Submit, Subscribe
 from committee.server import ServerSettings, create_app, uvicorn_config
 
 log = logging.getLogger("committee.server")
@@ -55,16 +60,11 @@ def register(subparsers: Any) -> None:
     _add_token(subparsers)
     _add_submit(subparsers)
     _add_watch(subparsers)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
+    _add_cancel(subparsers)
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", help="ws://HOST:PORT/ws (default: ws_url of --config)")
+    parser.add_argument("--server", help="ws://HOST:PORT[/ws] (default: ws_url of --config)")
     parser.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
 
 
@@ -83,7 +83,7 @@ def _add_serve(sub: Any) -> None:
         "--no-auth", action="store_true", help="no tokens; trust user_id in messages"
     )
     serve.add_argument(
-        "--max-concurrent", type=_positive, default=None, help="commits at once (default: CPUs)"
+        "--max-concurrent", type=positive_int, default=None, help="commits at once (default: CPUs)"
     )
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     serve.add_argument(
@@ -102,7 +102,7 @@ def _add_serve(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(json_lines=args.log_json)
     data_dir = data_dir_of(args)
-    executor = create_executor(args.executor, data_dir)
+    executor = make_executor(args.executor, data_dir)
     if warning := executor.describe().get("warning"):
         log.warning(warning)
     if args.no_auth:
@@ -197,7 +197,7 @@ async def cmd_token_create(args: argparse.Namespace) -> int:
         token = await store.create_token(args.user, args.label)
     finally:
         await store.aclose()
-    Console(stderr=True).print(f"token for {args.user} (shown once; keep it secret):")
+    error_console().print(f"token for {args.user} (shown once; keep it secret):", markup=False)
     print(token)
     return 0
 
@@ -231,7 +231,7 @@ async def cmd_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- submit and watch
+# ---------------------------------------------------------------- submit, watch and cancel
 
 
 def _add_submit(sub: Any) -> None:
@@ -239,6 +239,7 @@ def _add_submit(sub: Any) -> None:
     _add_request_options(submit)
     _add_server_options(submit)
     submit.set_defaults(func=lambda a: asyncio.run(cmd_submit(a)))
+    show_command_in_usage(submit)
 
 
 def _add_watch(sub: Any) -> None:
@@ -250,22 +251,64 @@ def _add_watch(sub: Any) -> None:
     watch.set_defaults(func=lambda a: asyncio.run(cmd_watch(a)))
 
 
+def _add_cancel(sub: Any) -> None:
+    cancel = sub.add_parser(
+        "cancel", help="stop a run on a committee server (exit 1 if it had already finished)"
+    )
+    cancel.add_argument("run_id", metavar="RUN")
+    cancel.add_argument("--config", type=Path, help="config.json whose ws_url names the server")
+    _add_server_options(cancel)
+    cancel.set_defaults(func=lambda a: asyncio.run(cmd_cancel(a)))
+
+
 async def cmd_submit(args: argparse.Namespace) -> int:
     request = request_from_args(args, args.command)
     url = server_url(args)
     # A local path means the path here: the server may run in another directory.
     repo_url = git.normalize_repo_url(request.repo_url, Path.cwd())
     message = Submit(**{**request.model_dump(), "repo_url": repo_url})
-    events = stream_run(url, _token(args), message)
-    return await follow(events, _console(args), as_json=args.json)
+    args.interrupt_note = "if the server had accepted the run, it goes on there"
+    events = _noting_run(args, stream_run(url, _token(args), message))
+    with _token_hint(args):
+        return await follow(events, _console(args), as_json=args.json)
 
 
 async def cmd_watch(args: argparse.Namespace) -> int:
     events = stream_run(server_url(args), _token(args), Subscribe(run_id=args.run_id))
-    return await follow(events, _console(args), as_json=args.json)
+    args.interrupt_note = _goes_on(args.run_id)
+    with _token_hint(args):
+        return await follow(events, _console(args), as_json=args.json)
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    with _token_hint(args):
+        cancelled = await cancel_run(server_url(args), _token(args), args.run_id)
+    if cancelled:
+        print(f"run {args.run_id} cancelled")
+        return 0
+    print(f"run {args.run_id} had already finished")
+    return 1
+
+
+async def _noting_run(
+    args: argparse.Namespace, events: AsyncIterator[AnyRunEvent]
+) -> AsyncIterator[AnyRunEvent]:
+    """The events, with what a Ctrl-C would leave behind kept up to date."""
+    async for event in events:
+        args.interrupt_note = _goes_on(event.run_id)
+        yield event
+
+
+def _goes_on(run_id: str) -> str:
+    # Leaving a client does not stop a server's run: others may be watching it.
+    return (
+        f"the run goes on on the server: `committee watch {run_id}` to follow it, "
+        f"`committee cancel {run_id}` to stop it"
+    )
 
 
 def server_url(args: argparse.Namespace) -> str:
+    """The server's WebSocket URL; one without a path gets the server's own, /ws."""
     url: str | None = args.server
     if url is None and args.config:
         url = read_config(args.config).get("ws_url")
@@ -273,8 +316,28 @@ def server_url(args: argparse.Namespace) -> str:
         raise BadInput("no server: give --server ws://HOST:PORT/ws, or ws_url in --config")
     if not url.startswith(("ws://", "wss://")):
         raise BadInput(f"--server {url!r}: expected a ws:// or wss:// URL")
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/ws"))
     return url
 
 
 def _token(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get(TOKEN_ENV) or None
+
+
+@contextlib.contextmanager
+def _token_hint(args: argparse.Namespace) -> Iterator[None]:
+    """Refusals told in the CLI's words: which flag to give or check, not which header."""
+    try:
+        yield
+    except AuthError:
+        if _token(args) is None:
+            raise AuthError(
+                f"the server needs a token: give --token TOKEN or set ${TOKEN_ENV} "
+                "(`committee token create USER` on the server's machine makes one)"
+            ) from None
+        given = "--token" if args.token else f"${TOKEN_ENV}"
+        raise AuthError(
+            f"the server refused the token of {given}: it is unknown or revoked"
+        ) from None
