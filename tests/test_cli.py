@@ -365,6 +365,32 @@ def test_a_killed_run_is_closed_by_the_next_run_and_not_rerun(
     assert closed["counts"] == {"cancelled": 1}
 
 
+def test_output_cut_short_by_a_pipe_is_not_an_error(
+    project: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, _ = project
+    data_dir = tmp_path / "d"
+    document = run_json(repo, data_dir, "HEAD", "--", "seq 1 200000")
+    argv = [
+        *COMMITTEE,
+        "show",
+        "--data-dir",
+        str(data_dir),
+        str(document["run_id"]),
+        "--log",
+        "HEAD",
+    ]
+    done = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | head -n 1', "_", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout == "1\n"
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert done.returncode == 0
+
+
 def test_demo_finds_its_regression(tmp_path: Path) -> None:
     done = committee("demo", cwd=tmp_path, data_dir=tmp_path / "d", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -450,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = f": {args.interrupt_note}" if args.interrupt_note else ""
         error_console().print(f"interrupted{note}", markup=False)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `committee runs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 
