@@ -310,13 +310,10 @@ def test_binary_output_does_not_break_capture(
     assert log.stdout.splitlines()[-1] == "100%"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_is_recorded_as_cancelled(
-    project: tuple[Path, list[str]], tmp_path: Path, signum: int
-) -> None:
-    repo, _ = project
-    data_dir = tmp_path / "d"
-    argv = [*COMMITTEE, "run", "--data-dir", str(data_dir), "HEAD~1", "HEAD", "--", "sleep 60"]
+def signalled_run(repo: Path, data_dir: Path, signum: int, *commits: str) -> str:
+    """Start `committee run ... -- sleep 60`, wait until its commits run, send `signum`;
+    return what it printed on stderr."""
+    argv = [*COMMITTEE, "run", "--data-dir", str(data_dir), *commits, "--", "sleep 60"]
     process = subprocess.Popen(
         argv, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -331,9 +328,26 @@ def test_interrupted_run_is_recorded_as_cancelled(
         _, err = process.communicate(timeout=20)
     finally:
         process.kill()
-    assert process.returncode == 130
+    assert process.returncode == (130 if signum != signal.SIGKILL else -signal.SIGKILL)
+    return err
+
+
+def stored_runs(repo: Path, data_dir: Path) -> list[dict[str, object]]:
+    runs: list[dict[str, object]] = json.loads(
+        committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout
+    )
+    return runs
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_is_recorded_as_cancelled(
+    project: tuple[Path, list[str]], tmp_path: Path, signum: int
+) -> None:
+    repo, _ = project
+    data_dir = tmp_path / "d"
+    err = signalled_run(repo, data_dir, signum, "HEAD~1", "HEAD")
     assert "interrupted: the run was cancelled" in err
-    (run,) = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
+    (run,) = stored_runs(repo, data_dir)
     assert run["status"] == "cancelled"
     assert run["counts"] == {"cancelled": 2}
 
@@ -343,24 +357,11 @@ def test_a_killed_run_is_closed_by_the_next_run_and_not_rerun(
 ) -> None:
     repo, _ = project
     data_dir = tmp_path / "d"
-    argv = [*COMMITTEE, "run", "--data-dir", str(data_dir), "HEAD", "--", "sleep 60"]
-    process = subprocess.Popen(argv, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            listing = committee("runs", "--json", cwd=repo, data_dir=data_dir)
-            if listing.returncode == 0 and json.loads(listing.stdout):
-                break
-            time.sleep(0.05)
-        time.sleep(0.5)
-        process.kill()  # SIGKILL: no chance to record anything
-        process.wait(timeout=10)
-    finally:
-        process.kill()
-    (killed,) = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
+    signalled_run(repo, data_dir, signal.SIGKILL, "HEAD")  # no chance to record anything
+    (killed,) = stored_runs(repo, data_dir)
     assert killed["status"] == "running"
     run_json(repo, data_dir, "HEAD", "--", "true")
-    runs = json.loads(committee("runs", "--json", cwd=repo, data_dir=data_dir).stdout)
-    closed = next(r for r in runs if r["run_id"] == killed["run_id"])
+    closed = next(r for r in stored_runs(repo, data_dir) if r["run_id"] == killed["run_id"])
     assert closed["status"] == "cancelled"
     assert closed["counts"] == {"cancelled": 1}
 
