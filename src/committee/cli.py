@@ -33,7 +33,7 @@ from committee.errors import (
 )
 from committee.executors import Executor, create_executor
 from committee.messages import json_schema
-from committee.models import RunSummary
+from committee.models import RunRequest, RunSummary
 from committee.render import TerminalReporter, exit_code, print_summary, summary_json
 from committee.store import Store
 
@@ -90,7 +90,7 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="where committee keeps state")
 
 
-def request_from_args(args: argparse.Namespace, command: str | None) -> Any:
+def request_from_args(args: argparse.Namespace, command: str | None) -> RunRequest:
     config = read_config(args.config) if args.config else {}
     env = dict(config.get("env") or {})
     for pair in args.env:
