@@ -232,6 +232,9 @@ async def test_recover_finishes_runs_interrupted_by_a_stop(
     assert isinstance(finished, RunFinished)
     assert [r.status for r in finished.results] == [CommitStatus.passed] * 4
     assert len(fast.started) == 4
+    # The two interrupted attempts were released before being run again as attempt 2.
+    assert {job_id for job_id, _ in fast.released} >= {f"{run_id}-0-1", f"{run_id}-1-1"}
+    assert {job.job_id for job in fast.started} >= {f"{run_id}-0-2", f"{run_id}-1-2"}
     finished_events = [e for e in events if isinstance(e, CommitFinished)]
     assert len(finished_events) == 4
 
@@ -291,6 +294,7 @@ async def test_runs_of_a_dead_cli_process_are_closed_not_rerun(
         assert await server.recover() == [run_id]
         finished = await asyncio.wait_for(collect(server, run_id), 5)
     assert fresh.started == []
+    assert [job_id for job_id, _ in fresh.released] == [f"{run_id}-0-1", f"{run_id}-1-1"]
     assert finished.status is RunStatus.cancelled
     assert all("process running this commit ended" in r.reason for r in finished.results)
 

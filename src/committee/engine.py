@@ -294,6 +294,9 @@ class Engine:
                 run.attempts[commit.index] = commit.attempts
             pending = [c.index for c in row.commits if not c.status.final]
             for index in pending:
+                if run.attempts[index]:
+                    # What the interrupted attempt left (a checkout, a pod) goes first.
+                    await self.executor.release(self._job(run, index), True)
                 if row.owner:
                     reason = "the committee process running this commit ended"
                     await self._record(
