@@ -66,6 +66,13 @@ class RunningServer:
             self._server.should_exit = True
             self._thread.join(timeout=15)
 
+    async def revoke(self, token: str) -> None:
+        store = await Store.open(self.settings.db_path)
+        try:
+            assert await store.revoke_token(token) == 1
+        finally:
+            await store.aclose()
+
     async def token(self, user: str) -> str:
         """A new token for `user`, written through a second connection to the server's store."""
         store = await Store.open(self.settings.db_path)

@@ -264,6 +264,27 @@ async def revoke(server: RunningServer, token: str) -> None:
         await store.aclose()
 
 
+async def test_revoking_a_token_closes_its_open_connections(
+    start_server: ServerFactory, repo: Path
+) -> None:
+    server = start_server(slow(30), token_check_s=0.1)
+    token, other = await server.token("erin"), await server.token("erin")
+    async with connect_as(server, token) as revoked, connect_as(server, other) as kept:
+        await revoked.send(submit(repo, ["HEAD"]))
+        run_id = (await recv(revoked))["run_id"]
+        await server.revoke(token)
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(1000):
+                await recv(revoked)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_UNAUTHORIZED
+        # The user's other token, and the run itself, carry on.
+        await kept.send(json.dumps({"type": "ping"}))
+        assert (await recv(kept))["type"] == "pong"
+        await kept.send(json.dumps({"type": "subscribe", "run_id": run_id}))
+        await kept.send(json.dumps({"type": "cancel", "run_id": run_id}))
+        assert (await run_events(kept))[-1]["status"] == "cancelled"
+
+
 async def test_http_needs_a_token_except_health_and_the_page(start_server: ServerFactory) -> None:
     server = start_server()
     async with httpx.AsyncClient(base_url=server.http_url) as http:

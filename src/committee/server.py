@@ -90,6 +90,7 @@ class ServerSettings:
     max_concurrent: int | None = None
     allow_local_repos: bool = False  # a path on the server is not for remote users by default
     allow_network: bool = False  # commands reach no network unless the operator says so
+    token_check_s: float = 5.0  # how soon a revoked token's open connections are closed
     send_timeout_s: float = SEND_TIMEOUT_S
 
 
@@ -124,6 +125,16 @@ class Hub:
     @property
     def store(self) -> Store:
         return self.engine.store
+
+    async def watch_tokens(self, interval: float) -> None:
+        """Close the connections whose token has been revoked since they connected: a
+        revocation takes effect within `interval`, not at the next reconnect."""
+        while True:
+            await asyncio.sleep(interval)
+            for token in {s.token for s in self.sessions if s.token is not None}:
+                if await self.store.user_for_token(token) is None:
+                    for session in [s for s in self.sessions if s.token == token]:
+                        session.revoke()
 
     async def watch_sends(self) -> None:
         """Drop the connections whose sends have been stuck for longer than send_timeout_s.
@@ -188,6 +199,11 @@ async def open_hub(settings: ServerSettings, executor: Executor) -> AsyncIterato
         hub = Hub(engine, Auth(store, settings.auth), settings.send_timeout_s)
         watchdog = asyncio.create_task(hub.watch_sends(), name="committee-send-watchdog")
         stack.push_async_callback(_stop, watchdog)
+        if settings.auth:
+            tokens = asyncio.create_task(
+                hub.watch_tokens(settings.token_check_s), name="committee-token-watch"
+            )
+            stack.push_async_callback(_stop, tokens)
         log.info(
             "server ready",
             extra={
@@ -411,7 +427,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except AuthError as exc:
         await websocket.close(CLOSE_UNAUTHORIZED, exc.message)
         return
-    await Session(websocket, _hub(websocket), user).serve()
+    token = token_from(websocket.headers, websocket.query_params) if user is not None else None
+    await Session(websocket, _hub(websocket), user, token).serve()
 
 
 class _Hangup(Exception):
@@ -431,10 +448,14 @@ def _first(group: BaseExceptionGroup[_Hangup]) -> _Hangup:
 class Session:
     """One WebSocket connection. Requests are answered in the order they arrive."""
 
-    def __init__(self, websocket: WebSocket, hub: Hub, user: str | None) -> None:
+    def __init__(
+        self, websocket: WebSocket, hub: Hub, user: str | None, token: str | None = None
+    ) -> None:
         self._ws = websocket
         self._hub = hub
         self._user = user
+        self.token = token  # None with auth off
+        self._revoked = False
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._group = asyncio.TaskGroup()
         self._who = {"client": _peer(websocket), "user": user or "-"}
@@ -451,10 +472,13 @@ class Session:
         try:
             hangup = await self._run()
         except asyncio.CancelledError:
-            if not self._stalled or self._task is None:
+            if not (self._stalled or self._revoked) or self._task is None:
                 raise
-            self._task.uncancel()  # our own watchdog's doing, not a shutdown
-            hangup = self._too_slow(None, f"a send waited over {self._hub.send_timeout_s}s")
+            self._task.uncancel()  # our own watchdogs' doing, not a shutdown
+            if self._revoked:
+                hangup = _Hangup(CLOSE_UNAUTHORIZED, "the token was revoked")
+            else:
+                hangup = self._too_slow(None, f"a send waited over {self._hub.send_timeout_s}s")
         finally:
             self._hub.sessions.discard(self)
         reason = hangup.reason
@@ -473,10 +497,23 @@ class Session:
             hangup = _first(group)
         return hangup
 
+    def revoke(self) -> None:
+        """Called by the hub's token watch: this connection's token no longer counts."""
+        if self._revoked or self._stalled:
+            return
+        self._revoked = True
+        if self._task is not None:
+            self._task.cancel()
+
     def check_send(self, now: float) -> None:
         """Called by the hub's watchdog: a connection that cannot take a frame is dropped."""
         since = self._blocked_since
-        if since is None or now - since <= self._hub.send_timeout_s or self._stalled:
+        if (
+            since is None
+            or now - since <= self._hub.send_timeout_s
+            or self._stalled
+            or self._revoked
+        ):
             return
         self._stalled = True
         if self._task is not None:
