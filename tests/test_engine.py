@@ -14,7 +14,7 @@ import pytest
 
 from committee import engine as engine_module
 from committee.engine import Engine, SubscriberTooSlow, collect, process_owner
-from committee.errors import BadInput, UnknownCommit
+from committee.errors import BadInput, UnknownCommit, UnknownProjectType
 from committee.executors import Job
 from committee.executors.fake import FakeExecutor, FakeStep
 from committee.messages import AnyRunEvent, CommitFinished, CommitLog, RunFinished
@@ -319,3 +319,16 @@ async def test_a_cli_never_takes_over_a_servers_run(
         assert await engine.recover() == []
     assert cli.started == []
     assert (await store.get_run(run_id)).status is RunStatus.running
+
+
+async def test_a_project_type_the_executor_cannot_run_is_refused_before_anything_runs(
+    tmp_path: Path, store: Store, repo: tuple[Path, list[str]]
+) -> None:
+    path, _ = repo
+    executor = FakeExecutor(project_types=("python", "node"))
+    async with Engine(store, executor, tmp_path / "data") as engine:
+        with pytest.raises(UnknownProjectType):
+            await engine.submit(request(path, ["HEAD"], project_type="cobol"))
+        await collect(engine, await engine.submit(request(path, ["HEAD"], project_type="node")))
+    assert len(executor.started) == 1
+    assert len(await store.list_runs()) == 1

@@ -593,3 +593,12 @@ async def test_an_injected_client_factory_is_used(kube: Harness) -> None:
     assert outcome.exit_code == 0 and len(made) == 1
     assert described["executor"] == "kubernetes"
     assert described["cluster"].startswith("http://127.0.0.1:")
+
+
+def test_an_unknown_project_type_is_refused_up_front_with_the_templates_listed() -> None:
+    executor = KubernetesExecutor(
+        templates_dir=Path(__file__).parents[1] / "deployments" / "templates"
+    )
+    executor.check_project_type("fastapi")
+    with pytest.raises(UnknownProjectType, match="available templates: fastapi, node, python"):
+        executor.check_project_type("cobol")

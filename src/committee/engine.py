@@ -229,6 +229,7 @@ class Engine:
     async def submit(self, request: RunRequest, *, cwd: Path | None = None) -> str:
         """Resolve every commit (raising BadInput before anything runs), record the run and
         queue its commits. Returns the run id."""
+        self.executor.check_project_type(request.project_type)
         repo_url = git.normalize_repo_url(request.repo_url, cwd)
         self._check_local_source(git.local_source(repo_url))
         if request.network and not self.allow_network:

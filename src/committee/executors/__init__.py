@@ -66,6 +66,11 @@ class Executor(Protocol):
         """Run the job to completion; raise ExecutorError if it cannot even start."""
         ...
 
+    def check_project_type(self, project_type: str) -> None:
+        """Raise UnknownProjectType, before anything runs, if this executor has no way to run
+        that project type (the Kubernetes executor needs its template)."""
+        ...
+
     async def release(self, job: Job, passed: bool) -> None:
         """Called once the job's result is stored: free what the job still holds."""
         ...

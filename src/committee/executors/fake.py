@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from committee.errors import UnknownProjectType
 from committee.executors import Emit, Job, Outcome
 
 
@@ -30,6 +31,7 @@ class FakeExecutor:
     started: list[Job] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     released: list[tuple[str, bool]] = field(default_factory=list)
+    project_types: tuple[str, ...] | None = None  # None: any
 
     async def run(self, job: Job, emit: Emit) -> Outcome:
         self.started.append(job)
@@ -43,6 +45,10 @@ class FakeExecutor:
             raise
         tail = "\n".join(step.lines[-200:])
         return Outcome(step.exit_code, error=step.error, junit_xml=step.junit_xml, output_tail=tail)
+
+    def check_project_type(self, project_type: str) -> None:
+        if self.project_types is not None and project_type not in self.project_types:
+            raise UnknownProjectType(f"no template for {project_type!r}")
 
     async def release(self, job: Job, passed: bool) -> None:
         self.released.append((job.job_id, passed))

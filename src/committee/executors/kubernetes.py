@@ -165,6 +165,9 @@ class KubernetesExecutor:
 
     # ------------------------------------------------------------ the Executor protocol
 
+    def check_project_type(self, project_type: str) -> None:
+        load_template(self.templates_dir, project_type)  # raises UnknownProjectType
+
     async def run(self, job: Job, emit: Emit) -> Outcome:
         template = load_template(self.templates_dir, job.project_type)
         check_repo_url(job.repo_url)

@@ -390,6 +390,9 @@ class LocalExecutor:
 
     # -- running
 
+    def check_project_type(self, project_type: str) -> None:
+        """Any project runs here: the command brings what it needs."""
+
     async def run(self, job: Job, emit: Emit) -> Outcome:
         dirs = job_dirs(self.data_dir, job.job_id)
         try:
