@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +225,14 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     return path
 
 
-async def open_store(args: argparse.Namespace) -> Store:
-    return await Store.open(data_dir_of(args) / DB_NAME)
+@contextlib.asynccontextmanager
+async def open_store(args: argparse.Namespace) -> AsyncIterator[Store]:
+    """The store of the command's data dir, closed when the block ends."""
+    store = await Store.open(data_dir_of(args) / DB_NAME)
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 def _console(args: argparse.Namespace) -> Console:
@@ -300,11 +307,8 @@ async def follow(events: Any, console: Console, *, as_json: bool) -> int:
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:
-    store = await open_store(args)
-    try:
+    async with open_store(args) as store:
         runs = await store.list_runs(limit=args.limit)
-    finally:
-        await store.aclose()
     if args.json:
         print(json.dumps([r.model_dump(mode="json", exclude={"results"}) for r in runs], indent=2))
         return 0
@@ -320,15 +324,12 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    store = await open_store(args)
-    try:
+    async with open_store(args) as store:
         summary = await store.run_summary(args.run_id)
         if args.log:
             async for line in store.commit_log(args.run_id, commit_named(summary, args.log)):
                 sys.stdout.write(line + "\n")
             return 0
-    finally:
-        await store.aclose()
     if args.json:
         print(summary.model_dump_json(indent=2))
         return 0

@@ -192,22 +192,16 @@ def _add_token(sub: Any) -> None:
 async def cmd_token_create(args: argparse.Namespace) -> int:
     if not 1 <= len(args.user) <= MAX_USER_ID or args.user != args.user.strip():
         raise BadInput(f"user id must be 1 to {MAX_USER_ID} characters, without outer spaces")
-    store = await open_store(args)
-    try:
+    async with open_store(args) as store:
         token = await store.create_token(args.user, args.label)
-    finally:
-        await store.aclose()
     error_console().print(f"token for {args.user} (shown once; keep it secret):", markup=False)
     print(token)
     return 0
 
 
 async def cmd_token_revoke(args: argparse.Namespace) -> int:
-    store = await open_store(args)
-    try:
+    async with open_store(args) as store:
         revoked = await store.revoke_token(args.token_or_id)
-    finally:
-        await store.aclose()
     if not revoked:
         raise NotFound(f"no active token matches {args.token_or_id!r}")
     print(f"revoked {revoked} token(s)")
@@ -215,11 +209,8 @@ async def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 async def cmd_token_list(args: argparse.Namespace) -> int:
-    store = await open_store(args)
-    try:
+    async with open_store(args) as store:
         tokens = await store.list_tokens()
-    finally:
-        await store.aclose()
     if args.json:
         print(json.dumps(tokens, indent=2))
         return 0
