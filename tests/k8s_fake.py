@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from committee.executors import Job
+
 Obj = dict[str, Any]
 
 _KINDS = {
@@ -39,6 +41,23 @@ _KINDS = {
     "limitranges": ("v1", "LimitRange"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
 }
+
+
+def make_job(**changes: Any) -> Job:
+    """A job for the Kubernetes tests: a remote repository, user 42 in chat 7."""
+    fields: dict[str, Any] = {
+        "job_id": "r1-0",
+        "run_id": "r1",
+        "repo_url": "https://git.example.com/team/app.git",
+        "mirror": Path("/nonexistent"),
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "command": "python -m pytest -q",
+        "project_type": "python",
+        "user_id": "42",
+        "chat_id": "7",
+        "timeout_s": 60.0,
+    }
+    return Job(**{**fields, **changes})
 
 
 @dataclass

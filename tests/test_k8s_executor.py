@@ -26,6 +26,7 @@ from k8s_fake import (
     Obj,
     Scenario,
     event,
+    make_job,
     running,
     scripted_run,
     status,
@@ -44,22 +45,6 @@ FAST = Timing(
     gc_interval_s=None,
 )
 JUNIT = '<testsuite name="t" tests="2" failures="1"><testcase name="a"/></testsuite>'
-
-
-def make_job(**changes: Any) -> Job:
-    fields: dict[str, Any] = {
-        "job_id": "r1-0",
-        "run_id": "r1",
-        "repo_url": "https://git.example.com/team/app.git",
-        "mirror": Path("/nonexistent"),
-        "commit": "0123456789abcdef0123456789abcdef01234567",
-        "command": "python -m pytest -q",
-        "project_type": "python",
-        "user_id": "42",
-        "chat_id": "7",
-        "timeout_s": 60.0,
-    }
-    return Job(**{**fields, **changes})
 
 
 JOB = make_job()

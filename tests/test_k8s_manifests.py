@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+import k8s_fake
 from committee import k8s_cli
 from committee import k8s_manifests as m
 from committee.errors import BadInput, ExecutorError, UnknownProjectType
@@ -29,19 +30,8 @@ NOW = 1_700_000_000.0
 
 
 def make_job(**changes: Any) -> Job:
-    fields: dict[str, Any] = {
-        "job_id": "r1-0",
-        "run_id": "r1",
-        "repo_url": "https://git.example.com/team/app.git",
-        "mirror": Path("/nonexistent"),
-        "commit": "0123456789abcdef0123456789abcdef01234567",
-        "command": "python -m pytest -q",
-        "project_type": "python",
-        "user_id": "42",
-        "chat_id": "-1001",
-        "timeout_s": 90.5,
-    }
-    return Job(**{**fields, **changes})
+    """A supergroup chat (negative id) and an odd timeout: both must survive rendering."""
+    return k8s_fake.make_job(**{"chat_id": "-1001", "timeout_s": 90.5, **changes})
 
 
 def rendered(job: Job | None = None, *, git_secret: bool = False, **kw: Any) -> list[m.Manifest]:
